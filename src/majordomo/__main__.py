@@ -1,0 +1,3 @@
+from majordomo.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""What every command shares: loading settings, finding the database, running under trio."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import cyclopts
+import trio
+import trio_asyncio
+
+from majordomo import config
+from majordomo.config import PostgresSettings, Settings
+from majordomo.db import Database, open_database
+from majordomo.embedded import start_embedded
+from majordomo.logconfig import configure_logging
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    cyclopts.Parameter(
+        name="--config",
+        help="Path to majordomo.yaml (default: ./majordomo.yaml, else /etc/majordomo/).",
+    ),
+]
+JsonFlag = Annotated[bool, cyclopts.Parameter(name="--json", negative="", help="Print JSON.")]
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    postgres: PostgresSettings
+    # The embedded server starts with only the `postgres` database; ours is created on demand.
+    create_database: bool
+
+
+def prepare(config_path: Path | None, *, log_level: str | None = None) -> Context:
+    """Load settings, set up the process log, start the embedded server when configured so."""
+    settings = config.load(config_path)
+    configure_logging(log_level or settings.logging.level, settings.logging.format)
+    unknown = config.unknown_env_names(dict(__import__("os").environ))
+    if unknown:
+        import logging
+
+        logging.getLogger("majordomo.config").warning(
+            "ignoring environment variables that name no setting: %s", ", ".join(unknown)
+        )
+    pg = settings.storage.postgres
+    if pg.host:
+        return Context(settings, pg, create_database=False)
+    data_dir = Path(settings.storage.embedded.data_dir)
+    return Context(settings, start_embedded(data_dir, pg), create_database=True)
+
+
+def run_with_database(ctx: Context, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `action` with an open database (schema applied unless auto_migrate is off)."""
+
+    async def main() -> T:
+        async with (
+            trio_asyncio.open_loop(),
+            open_database(ctx.postgres, create_database=ctx.create_database) as db,
+        ):
+            if ctx.settings.storage.auto_migrate:
+                await db.migrate()
+            return await action(db)
+
+    return trio.run(main)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -1,0 +1,420 @@
+"""Typed settings and how they are loaded.
+
+Every setting has one dotted key (`server.port`) and one environment name derived from it
+(`MAJORDOMO_SERVER_PORT`). Sources, lowest precedence first:
+
+    defaults  <  majordomo.yaml  <  .env  <  environment
+
+`load_settings` is pure: it takes the YAML mapping and the environment-like mappings and returns
+`Settings`, or raises `ConfigError` naming the key, the value and what is allowed. Reading the
+files lives in `read_sources`, so tests exercise the rules without touching the disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dotenv import dotenv_values
+
+from majordomo.errors import ConfigError
+
+ENV_PREFIX = "MAJORDOMO_"
+CONFIG_FILE_NAME = "majordomo.yaml"
+SYSTEM_CONFIG_PATH = Path("/etc/majordomo") / CONFIG_FILE_NAME
+
+# ---------------------------------------------------------------------------------------------
+# Value parsers: each takes the raw value (from YAML: any scalar; from the environment: a str)
+# and returns the typed value or raises ValueError with the "what is allowed" half of a message.
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_duration(raw: Any) -> float:
+    """Seconds from `30s`, `5m`, `1h`, `250ms`, `1d` or a bare number of seconds."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 1h or a number of seconds")
+    if isinstance(raw, int | float):
+        if raw < 0:
+            raise ValueError("expected a duration of zero or more")
+        return float(raw)
+    match = _DURATION_RE.match(str(raw))
+    if not match:
+        raise ValueError("expected a duration such as 30s, 5m, 1h or a number of seconds")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def parse_size(raw: Any) -> int:
+    """Bytes from `32MiB`, `1MB`, `512KiB` or a bare number of bytes."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    match = _SIZE_RE.match(str(raw))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("expected a size such as 1048576, 512KiB, 32MiB or 1MB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_str(raw: Any) -> str:
+    if raw is None:
+        return ""
+    if isinstance(raw, dict | list):
+        raise ValueError("expected a single value, not a list or mapping")
+    return str(raw)
+
+
+def int_between(low: int, high: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = int(str(raw).strip()) if not isinstance(raw, int) else raw
+        except ValueError:
+            raise ValueError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        value = parse_str(raw).strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def url(raw: Any) -> str:
+    value = parse_str(raw).strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings tree. Field names are the dotted keys' last parts; section fields hold sections.
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = _setting("0.0.0.0", parse_str, "address to listen on")
+    port: int = _setting(7680, int_between(0, 65535), "port to listen on (0 picks a free one)")
+    read_timeout: float = _setting(
+        30.0, parse_duration, "longest a client may stay silent while sending its request"
+    )
+    write_timeout: float = _setting(
+        120.0, parse_duration, "longest one write to a slow client may stall before it is dropped"
+    )
+    shutdown_timeout: float = _setting(
+        30.0, parse_duration, "grace period for in-flight requests (streams too) on shutdown"
+    )
+    max_request_body: int = _setting(
+        32 * 1024**2, parse_size, "largest request body accepted; larger ones get 413"
+    )
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    host: str = _setting(
+        "", parse_str, "server host or unix socket directory; empty starts an embedded server"
+    )
+    port: int = _setting(5432, int_between(1, 65535), "server port")
+    user: str = _setting("postgres", parse_str, "user name")
+    password: str = _setting("", parse_str, "password (may be empty, may contain any character)")
+    database: str = _setting("majordomo", parse_str, "database name")
+    sslmode: str = _setting(
+        "prefer",
+        one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+        "TLS mode, as libpq spells it",
+    )
+    max_conns: int = _setting(20, int_between(1, 1000), "largest number of pooled connections")
+    connect_timeout: float = _setting(5.0, parse_duration, "how long to wait for a connection")
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    data_dir: str = _setting(
+        ".majordomo/pgdata",
+        parse_str,
+        "data directory of the embedded PostgreSQL (relative to the working directory)",
+    )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
+    auto_migrate: bool = _setting(True, parse_bool, "apply schema.sql when serve starts")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    body_storage: str = _setting(
+        "none", one_of("none", "postgres", "s3"), "where full request/response bodies are kept"
+    )
+    store_request_body: bool = _setting(True, parse_bool, "keep request bodies")
+    store_response_body: bool = _setting(True, parse_bool, "keep response bodies")
+    max_body_size: int = _setting(1024**2, parse_size, "bodies are cut to this size when kept")
+    level: str = _setting(
+        "info", one_of("debug", "info", "warning", "error"), "lowest level of the process log"
+    )
+    format: str = _setting(
+        "auto", one_of("auto", "json", "text"), "process log format; auto is text on a TTY"
+    )
+    queue_size: int = _setting(
+        10_000, int_between(1, 10_000_000), "usage records held in memory for the writer"
+    )
+    drain_timeout: float = _setting(
+        20.0, parse_duration, "on shutdown, how long the writer may take to store queued records"
+    )
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    enabled: bool = _setting(False, parse_bool, "store bodies in S3 (with body_storage: s3)")
+    bucket: str = _setting("majordomo-logs", parse_str, "bucket name")
+    region: str = _setting("us-east-1", parse_str, "bucket region")
+    endpoint: str = _setting("", parse_str, "endpoint URL for S3-compatible stores; empty is AWS")
+    prefix: str = _setting("", parse_str, "key prefix for stored bodies")
+    access_key_id: str = _setting("", parse_str, "access key; empty uses the AWS default chain")
+    secret_access_key: str = _setting("", parse_str, "secret key")
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    remote_url: str = _setting(
+        "https://www.llm-prices.com/current-v1.json", parse_str, "price table to refresh from"
+    )
+    refresh_interval: float = _setting(3600.0, parse_duration, "how often prices are refreshed")
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    base_url: str = _setting("https://api.openai.com", url, "upstream base URL (no /v1)")
+
+
+@dataclass(frozen=True)
+class AnthropicSettings:
+    base_url: str = _setting("https://api.anthropic.com", url, "upstream base URL (no /v1)")
+
+
+@dataclass(frozen=True)
+class GeminiSettings:
+    base_url: str = _setting(
+        "https://generativelanguage.googleapis.com", url, "upstream base URL (no /v1beta)"
+    )
+
+
+@dataclass(frozen=True)
+class ProvidersSettings:
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    anthropic: AnthropicSettings = field(default_factory=AnthropicSettings)
+    gemini: GeminiSettings = field(default_factory=GeminiSettings)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
+    providers: ProvidersSettings = field(default_factory=ProvidersSettings)
+
+
+# ---------------------------------------------------------------------------------------------
+# The key table, derived once from the tree above.
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+    @property
+    def env_name(self) -> str:
+        return env_name(self.key)
+
+
+def env_name(key: str) -> str:
+    """`storage.postgres.host` → `MAJORDOMO_STORAGE_POSTGRES_HOST`."""
+    return ENV_PREFIX + key.upper().replace(".", "_")
+
+
+def _walk(cls: type, prefix: str) -> Iterator[SettingSpec]:
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if "parse" in f.metadata:
+            yield SettingSpec(key, f.default, f.metadata["parse"], f.metadata["doc"])
+        else:
+            yield from _walk(f.default_factory, key + ".")  # type: ignore[arg-type]
+
+
+SPECS: dict[str, SettingSpec] = {spec.key: spec for spec in _walk(Settings, "")}
+ENV_NAMES: dict[str, str] = {spec.env_name: spec.key for spec in SPECS.values()}
+# MAJORDOMO_* names that are read elsewhere, not settings.
+OTHER_ENV_NAMES = frozenset({"MAJORDOMO_CONFIG", "MAJORDOMO_TEST_DSN"})
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str, source: str) -> Iterator[tuple[str, Any]]:
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, key + ".", source)
+        elif key in SPECS:
+            yield key, value
+        else:
+            raise ConfigError(f"{source}: unknown setting '{key}'; {_suggest(key)}")
+
+
+def _suggest(key: str) -> str:
+    section = key.rsplit(".", 1)[0]
+    known = sorted(k for k in SPECS if k.startswith(section + "."))
+    if known:
+        return "settings here are " + ", ".join(known)
+    return "sections are " + ", ".join(sorted({k.split(".")[0] for k in SPECS}))
+
+
+def load_settings(
+    file_values: Mapping[str, Any] | None = None,
+    *env_sources: Mapping[str, str | None],
+    file_name: str = CONFIG_FILE_NAME,
+) -> Settings:
+    """Build `Settings` from a parsed YAML mapping and environment-like mappings.
+
+    Later `env_sources` win over earlier ones (pass `.env` values, then `os.environ`).
+    Environment variables that are not `MAJORDOMO_*` settings are ignored.
+    """
+    raw: dict[str, tuple[Any, str]] = {}
+    if file_values:
+        for key, value in _flatten(file_values, "", file_name):
+            raw[key] = (value, f"{key} in {file_name}")
+    for environ in env_sources:
+        for name, value in environ.items():
+            if name in ENV_NAMES and value is not None:
+                raw[ENV_NAMES[name]] = (value, name)
+
+    values: dict[str, Any] = {}
+    for key, (value, origin) in raw.items():
+        try:
+            values[key] = SPECS[key].parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {value!r} is not allowed for {key}; {exc}") from None
+    settings: Settings = _build(Settings, "", values)
+    return settings
+
+
+def _build(cls: type, prefix: str, values: Mapping[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if "parse" in f.metadata:
+            if key in values:
+                kwargs[f.name] = values[key]
+        else:
+            kwargs[f.name] = _build(f.default_factory, key + ".", values)  # type: ignore[arg-type]
+    return cls(**kwargs)
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    """`MAJORDOMO_*` variables that name no setting (likely typos; reported as warnings)."""
+    return sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name not in ENV_NAMES and name not in OTHER_ENV_NAMES
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the sources from disk.
+
+
+@dataclass(frozen=True)
+class Sources:
+    file_path: Path | None
+    file_values: Mapping[str, Any]
+    dotenv_values: Mapping[str, str | None]
+
+
+def find_config_file(explicit: Path | None, cwd: Path) -> Path | None:
+    """`--config PATH` (must exist), else `./majordomo.yaml`, else `/etc/majordomo/…`."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist; check the --config path")
+        return explicit
+    for candidate in (cwd / CONFIG_FILE_NAME, SYSTEM_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_sources(explicit: Path | None = None, cwd: Path | None = None) -> Sources:
+    cwd = cwd or Path.cwd()
+    path = find_config_file(explicit, cwd)
+    file_values: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        file_values = loaded
+    env_file = cwd / ".env"
+    dotenv = dotenv_values(env_file, interpolate=False) if env_file.is_file() else {}
+    return Sources(path, file_values, dotenv)
+
+
+def load(explicit: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for this process: files found from the working directory, then the environment."""
+    environ = os.environ if environ is None else environ
+    if explicit is None and environ.get("MAJORDOMO_CONFIG"):
+        explicit = Path(environ["MAJORDOMO_CONFIG"])
+    sources = read_sources(explicit)
+    name = str(sources.file_path) if sources.file_path else CONFIG_FILE_NAME
+    return load_settings(sources.file_values, sources.dotenv_values, environ, file_name=name)

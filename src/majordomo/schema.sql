@@ -1,0 +1,80 @@
+-- Majordomo schema. Idempotent: applying it again changes nothing; `majordomo db migrate`
+-- and `majordomo serve` (unless storage.auto_migrate is false) apply it under an advisory
+-- lock, so replicas starting together do not race. Runs on PostgreSQL 14 and newer.
+--
+-- Changing it: never rename or drop a column (the names are a contract). Add columns with
+-- ALTER TABLE ... ADD COLUMN IF NOT EXISTS at the end of this file and bump the version
+-- recorded in the last statement (and SCHEMA_VERSION in db.py).
+
+CREATE TABLE IF NOT EXISTS majordomo_schema (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    key_hash       text NOT NULL UNIQUE,          -- SHA-256 hex of the plaintext key
+    name           text NOT NULL,
+    description    text,
+    is_active      boolean NOT NULL DEFAULT true,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    revoked_at     timestamptz,
+    last_used_at   timestamptz,
+    request_count  bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS llm_requests (
+    id                      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    majordomo_api_key_id    uuid REFERENCES api_keys (id),
+    provider_api_key_hash   text,
+    provider_api_key_alias  text,
+    provider                text NOT NULL,
+    model                   text NOT NULL,
+    request_path            text NOT NULL,
+    request_method          text NOT NULL,
+    requested_at            timestamptz NOT NULL,
+    responded_at            timestamptz NOT NULL,
+    response_time_ms        integer NOT NULL DEFAULT 0,
+    input_tokens            bigint NOT NULL DEFAULT 0,
+    output_tokens           bigint NOT NULL DEFAULT 0,
+    cached_tokens           bigint NOT NULL DEFAULT 0,
+    cache_creation_tokens   bigint NOT NULL DEFAULT 0,
+    input_cost              numeric(20, 10) NOT NULL DEFAULT 0,
+    output_cost             numeric(20, 10) NOT NULL DEFAULT 0,
+    total_cost              numeric(20, 10) NOT NULL DEFAULT 0,
+    status_code             integer NOT NULL,
+    error_message           text,
+    raw_metadata            jsonb NOT NULL DEFAULT '{}'::jsonb,
+    indexed_metadata        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    request_body            text,
+    response_body           text,
+    body_s3_key             text,
+    model_alias_found       boolean NOT NULL DEFAULT false,
+    created_at              timestamptz NOT NULL DEFAULT now(),
+    -- Additions to the reference's columns.
+    reasoning_tokens        bigint NOT NULL DEFAULT 0,
+    streamed                boolean NOT NULL DEFAULT false,
+    time_to_first_byte_ms   integer
+);
+
+CREATE INDEX IF NOT EXISTS llm_requests_requested_at_idx ON llm_requests (requested_at);
+CREATE INDEX IF NOT EXISTS llm_requests_key_requested_at_idx
+    ON llm_requests (majordomo_api_key_id, requested_at);
+CREATE INDEX IF NOT EXISTS llm_requests_indexed_metadata_idx
+    ON llm_requests USING gin (indexed_metadata jsonb_path_ops);
+
+CREATE TABLE IF NOT EXISTS llm_requests_metadata_keys (
+    majordomo_api_key_id  uuid NOT NULL REFERENCES api_keys (id),
+    key_name              text NOT NULL,
+    display_name          text,
+    key_type              text NOT NULL DEFAULT 'string',
+    is_active             boolean NOT NULL DEFAULT false,
+    activated_at          timestamptz,
+    request_count         bigint NOT NULL DEFAULT 0,
+    last_seen_at          timestamptz,
+    approx_cardinality    bigint NOT NULL DEFAULT 0,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (majordomo_api_key_id, key_name)
+);
+
+INSERT INTO majordomo_schema (version) VALUES (1) ON CONFLICT (version) DO NOTHING;

@@ -1,0 +1,136 @@
+"""The supervisor: one trio program that owns every lifetime.
+
+    trio_asyncio loop                 (asyncpg runs on it)
+     └─ asyncpg pool, httpx.AsyncClient
+         └─ background nursery        (long-lived helpers, e.g. the pricing refresher)
+             └─ writer nursery
+                 ├─ log writer        ← memory channel ← request handlers (send_nowait)
+                 └─ hypercorn serve(app, shutdown_trigger)
+
+Shutdown, in order: a signal (or the injected trigger) fires → readiness answers 503 →
+hypercorn stops accepting and gives in-flight requests `server.shutdown_timeout` to finish →
+`serve()` returns → the channel's send side closes → the writer drains every queued record
+(within `logging.drain_timeout`) and returns → background helpers are cancelled → the client
+and the pool close → the loop closes. Nothing queued is dropped on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+
+import httpx
+import trio
+import trio_asyncio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from majordomo.app import GatewayState, create_app
+from majordomo.config import PostgresSettings, Settings
+from majordomo.db import describe, open_database
+from majordomo.logwriter import run_log_writer
+from majordomo.records import RequestRecord
+
+log = logging.getLogger("majordomo.server")
+
+ShutdownTrigger = Callable[[], Awaitable[None]]
+# A long-lived helper: runs until cancelled once the writer has drained.
+BackgroundTask = Callable[[GatewayState], Awaitable[None]]
+
+# Helpers started next to the server, one line each.
+BACKGROUND_TASKS: Sequence[BackgroundTask] = ()
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    host = settings.server.host
+    config.bind = [
+        f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
+    ]
+    config.graceful_timeout = settings.server.shutdown_timeout
+    # hypercorn's own read_timeout would also cut long streamed answers (the client sends
+    # nothing meanwhile); our read/write timeouts are applied by the proxy route instead.
+    config.read_timeout = None
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    return config
+
+
+async def run_gateway(
+    settings: Settings,
+    postgres: PostgresSettings,
+    *,
+    create_database: bool = False,
+    shutdown_trigger: ShutdownTrigger = wait_for_signal,
+    background_tasks: Sequence[BackgroundTask] = BACKGROUND_TASKS,
+    task_status: trio.TaskStatus[GatewayState] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until `shutdown_trigger` returns, then shut down in order.
+
+    `task_status.started` receives the running `GatewayState` once the server listens; its
+    `bound_urls` say where.
+    """
+    async with (
+        trio_asyncio.open_loop(),
+        open_database(postgres, create_database=create_database) as db,
+    ):
+        if settings.storage.auto_migrate:
+            version = await db.migrate()
+            log.info("schema is at version %d", version, extra={"database": describe(postgres)})
+        async with httpx.AsyncClient(timeout=None) as http:
+            # Capacity from logging.queue_size; when it is full the handler is told at once
+            # (send_nowait) and never waits for the database.
+            send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)
+            state = GatewayState(settings=settings, db=db, http=http, records=send)
+            await _supervise(state, receive, shutdown_trigger, background_tasks, task_status)
+    log.info("stopped")
+
+
+async def _supervise(
+    state: GatewayState,
+    receive: trio.MemoryReceiveChannel[RequestRecord],
+    shutdown_trigger: ShutdownTrigger,
+    background_tasks: Sequence[BackgroundTask],
+    task_status: trio.TaskStatus[GatewayState],
+) -> None:
+    settings = state.settings
+
+    async def begin_shutdown() -> None:
+        await shutdown_trigger()
+        state.shutting_down = True  # readiness answers 503 from here on
+
+    async with trio.open_nursery() as background:
+        for task in background_tasks:
+            background.start_soon(task, state)
+        async with trio.open_nursery() as writers:
+
+            async def serve_then_close(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                async with state.records:  # closing it lets the writer drain and return
+                    await hypercorn_serve(
+                        create_app(state),
+                        hypercorn_config(settings),
+                        shutdown_trigger=begin_shutdown,
+                        task_status=task_status,
+                    )
+                    log.info(
+                        "server stopped; writing queued usage records",
+                        extra={"queued": receive.statistics().current_buffer_used},
+                    )
+                writers.cancel_scope.deadline = trio.current_time() + settings.logging.drain_timeout
+
+            await writers.start(partial(run_log_writer, state.db, receive))
+            state.bound_urls = await writers.start(serve_then_close)
+            log.info("listening on %s", ", ".join(state.bound_urls))
+            task_status.started(state)
+        background.cancel_scope.cancel()

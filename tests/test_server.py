@@ -1,0 +1,156 @@
+"""The supervisor in-process: readiness follows the database, shutdown drains the log."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import trio
+
+from majordomo.app import GatewayState, create_app
+from majordomo.config import Settings, load_settings
+from majordomo.records import RequestRecord, Usage
+from majordomo.server import run_gateway
+from tests.netcut import PgRelay
+from tests.pghelpers import PgAdmin
+
+
+def gateway_settings() -> Settings:
+    return load_settings(
+        {"server": {"host": "127.0.0.1", "port": 0}, "logging": {"drain_timeout": "60s"}}
+    )
+
+
+def a_record(n: int) -> RequestRecord:
+    now = datetime.now(UTC)
+    return RequestRecord(
+        id=uuid.uuid4(),
+        api_key_id=None,
+        provider="openai",
+        model="gpt-4o-mini",
+        request_path="/v1/chat/completions",
+        request_method="POST",
+        requested_at=now,
+        responded_at=now,
+        status_code=200,
+        usage=Usage(input_tokens=n, output_tokens=1),
+    )
+
+
+async def poll(
+    url: str, status: int, client: httpx.AsyncClient, deadline: float = 20
+) -> httpx.Response:
+    """GET `url` until it answers `status` (the readiness probe is eventually consistent)."""
+    with trio.fail_after(deadline):
+        while True:
+            response = await client.get(url)
+            if response.status_code == status:
+                return response
+            await trio.sleep(0.05)
+
+
+async def test_health_and_readiness_follow_the_database(pg: PgAdmin) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
+        async with trio.open_nursery() as gateway:
+            state: GatewayState = await gateway.start(
+                lambda task_status: run_gateway(
+                    gateway_settings(),
+                    relay.settings,
+                    shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                )
+            )
+            base = state.bound_urls[0]
+            async with httpx.AsyncClient() as client:
+                health = await client.get(f"{base}/health")
+                assert (health.status_code, health.text) == (200, "ok")
+                ready = await client.get(f"{base}/readyz")
+                assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
+
+                relay.cut()
+                down = await poll(f"{base}/readyz", 503, client)
+                assert down.json()["status"] == "error"
+                assert "cannot reach database" in down.json()["error"]
+                assert (await client.get(f"{base}/health")).status_code == 200  # liveness
+
+                relay.restore()
+                assert (await poll(f"{base}/readyz", 200, client)).json() == {"status": "ok"}
+            stop.set()
+        nursery.cancel_scope.cancel()  # the relay
+
+
+async def test_shutdown_writes_every_queued_record_even_through_a_database_outage(
+    pg: PgAdmin,
+) -> None:
+    stop = trio.Event()
+    finished = trio.Event()
+    count = 300
+    async with trio.open_nursery() as nursery:
+        relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
+
+        async def gateway(task_status: trio.TaskStatus[GatewayState]) -> None:
+            await run_gateway(
+                gateway_settings(),
+                relay.settings,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+            finished.set()
+
+        state: GatewayState = await nursery.start(gateway)
+        relay.cut()  # the writer cannot write: every record stays queued
+        for n in range(count):
+            state.records.send_nowait(a_record(n))
+        stop.set()
+
+        # Shutdown has begun: readiness says so, and nothing is written yet.
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(state)), base_url="http://gateway"
+        ) as client:
+            ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (
+            503,
+            {"status": "error", "error": "shutting down"},
+        )
+        with trio.move_on_after(0.5):
+            await finished.wait()
+        assert not finished.is_set(), "the supervisor must wait for the writer to drain"
+        assert await pg.afetchval("SELECT count(*) FROM llm_requests") == 0
+
+        relay.restore()
+        with trio.fail_after(30):
+            await finished.wait()
+        nursery.cancel_scope.cancel()  # the relay
+    rows = await pg.afetch("SELECT input_tokens FROM llm_requests")
+    assert sorted(r["input_tokens"] for r in rows) == list(range(count))
+
+
+async def test_background_tasks_are_cancelled_after_the_writer_drains(pg: PgAdmin) -> None:
+    events: list[str] = []
+
+    async def helper(state: GatewayState) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            try:
+                state.records.send_nowait(a_record(0))
+                events.append("helper stopped while the log channel was open")
+            except trio.ClosedResourceError:
+                events.append("helper stopped after the log channel closed")
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_gateway(
+                gateway_settings(),
+                pg.settings,
+                shutdown_trigger=stop.wait,
+                background_tasks=[helper],
+                task_status=task_status,
+            )
+        )
+        stop.set()
+    assert events == ["helper stopped after the log channel closed"]
