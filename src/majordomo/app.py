@@ -1,26 +1,33 @@
-"""The HTTP surface: health, readiness and (later) the proxy route, on Quart-Trio.
+"""The HTTP surface: an ASGI app that sends proxied paths to `proxy.handle_proxy` and the
+gateway's own endpoints (`/health`, `/readyz`) to a Quart-Trio app.
 
-Routes read everything they need from one `GatewayState` that the supervisor builds; the app
-owns no lifetimes of its own (no lifespan hooks: the supervisor opens and closes everything
-around `serve()`).
+The proxy skips the web framework on purpose: it needs the raw ASGI receive channel (to see a
+client disconnect while it relays), per-write timeouts, and none of Quart's per-request work
+on the hot path. Routes read everything from one `GatewayState` that the supervisor builds;
+the app owns no lifetimes of its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import trio
 from quart import Response
 from quart_trio import QuartTrio
 
+from majordomo.auth import KeyCache
 from majordomo.config import Settings
 from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable
+from majordomo.proxy import ProxyContext, Receive, Scope, Send, Upstreams, handle_proxy
 from majordomo.records import RequestRecord
 
 # Readiness answers 503 when the database has not answered a ping within this many seconds.
 READINESS_DB_TIMEOUT = 2.0
+# Served by the Quart app; every other path is proxied.
+OWN_PATHS = frozenset({"/health", "/readyz"})
 
 
 @dataclass
@@ -29,11 +36,12 @@ class GatewayState:
     db: Database
     http: httpx.AsyncClient
     records: trio.MemorySendChannel[RequestRecord]
+    keys: KeyCache
     shutting_down: bool = False
     bound_urls: list[str] = field(default_factory=list)
 
 
-def create_app(state: GatewayState) -> QuartTrio:
+def create_admin_app(state: GatewayState) -> QuartTrio:
     app = QuartTrio("majordomo")
 
     @app.get("/health")
@@ -55,5 +63,25 @@ def create_app(state: GatewayState) -> QuartTrio:
         except DatabaseUnavailable as exc:
             return {"status": "error", "error": str(exc)}, 503
         return {"status": "ok"}, 200
+
+    return app
+
+
+def create_app(state: GatewayState) -> Any:
+    """The ASGI application hypercorn serves."""
+    admin = create_admin_app(state)
+    proxy = ProxyContext(
+        settings=state.settings,
+        http=state.http,
+        keys=state.keys,
+        records=state.records,
+        upstreams=Upstreams.from_settings(state.settings),
+    )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OWN_PATHS:
+            await handle_proxy(proxy, scope, receive, send)
+        else:
+            await admin(scope, receive, send)  # type: ignore[arg-type]
 
     return app

@@ -251,11 +251,33 @@ class ProvidersSettings:
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     anthropic: AnthropicSettings = field(default_factory=AnthropicSettings)
     gemini: GeminiSettings = field(default_factory=GeminiSettings)
+    connect_timeout: float = _setting(
+        10.0, parse_duration, "longest wait to connect to a provider (then 504)"
+    )
+    idle_timeout: float = _setting(
+        600.0, parse_duration, "longest a provider may go silent mid-response (then 504)"
+    )
+    inject_stream_usage: bool = _setting(
+        True,
+        parse_bool,
+        "ask OpenAI streams for their usage chunk (hidden from clients that did not ask)",
+    )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    cache_ttl: float = _setting(
+        300.0, parse_duration, "how long a checked key is trusted without asking the database"
+    )
+    negative_cache_ttl: float = _setting(
+        10.0, parse_duration, "how long an unknown key is remembered as unknown"
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     s3: S3Settings = field(default_factory=S3Settings)

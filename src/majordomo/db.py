@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,11 +22,15 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+import trio
 from trio_asyncio import aio_as_trio
 
+from majordomo.auth import KeyStatus
 from majordomo.config import PostgresSettings
 from majordomo.errors import DatabaseUnavailable, MajordomoError
 from majordomo.records import RequestRecord
+
+log = logging.getLogger("majordomo.db")
 
 # The version recorded by the last statement of schema.sql.
 SCHEMA_VERSION = 1
@@ -33,6 +38,9 @@ SCHEMA_VERSION = 1
 _MIGRATE_LOCK_ID = 0x6D646D
 # Keys changed (revoked, renamed) are announced here so every gateway drops its cached entry.
 KEYS_CHANNEL = "majordomo_keys"
+
+# How often the notification connection checks that it is still alive, in seconds.
+_LISTEN_HEALTH_INTERVAL = 15.0
 
 # What asyncpg raises when the server is gone or the network is cut.
 _UNREACHABLE = (
@@ -214,6 +222,53 @@ class Database:
                 f"key {key_id} is already revoked (since {revoked}); nothing to do"
             )
         return key
+
+    async def find_key(self, key_hash: str) -> KeyStatus | None:
+        """The id and state of the key with this hash, or None (the auth cache's lookup)."""
+        row = await self._call(
+            "fetchrow", "SELECT id, is_active FROM api_keys WHERE key_hash = $1", key_hash
+        )
+        return KeyStatus(row["id"], row["is_active"]) if row is not None else None
+
+    async def listen_for_key_changes(
+        self, on_change: Callable[[str | None], None], *, retry_delay: float = 1.0
+    ) -> None:
+        """Call `on_change(key_hash)` for every key revoked or changed, until cancelled.
+
+        Holds one connection outside the pool, LISTENing on `KEYS_CHANNEL`. After every
+        (re)connection it calls `on_change(None)`: notifications sent while it was away are
+        lost, so everything cached must be checked again.
+        """
+        while True:
+            try:
+                await aio_as_trio(self._listen_once)(on_change)
+            except _UNREACHABLE as exc:
+                log.warning(
+                    "key change notifications interrupted, reconnecting in %gs: %s",
+                    retry_delay,
+                    exc or type(exc).__name__,
+                )
+            await trio.sleep(retry_delay)
+
+    async def _listen_once(self, on_change: Callable[[str | None], None]) -> None:
+        conn = await asyncpg.connect(**_connect_kwargs(self._settings, self._settings.database))
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(
+                KEYS_CHANNEL, lambda _conn, _pid, _channel, payload: on_change(payload)
+            )
+            on_change(None)
+            while not lost.is_set():
+                # A silent network can hide a dead connection: ask now and then.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(lost.wait(), _LISTEN_HEALTH_INTERVAL)
+                    continue
+                await conn.fetchval("SELECT 1", timeout=_LISTEN_HEALTH_INTERVAL)
+            raise ConnectionResetError("the notification connection was closed")
+        finally:
+            with contextlib.suppress(*_UNREACHABLE):
+                await conn.close(timeout=1)
 
     # -- usage records --------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
     MajordomoError              anything the gateway reports to a person: the message says
      │                          what happened and what to do
      ├── ConfigError            a setting has a value that is not allowed
-     └── DatabaseUnavailable    PostgreSQL cannot be reached (readiness, CLI, auth fallback)
+     ├── DatabaseUnavailable    PostgreSQL cannot be reached (readiness, CLI, auth fallback)
+     └── Unauthorized           a request's Majordomo key is missing, unknown or revoked
 
 Add a class only when some code catches it.
 """
@@ -19,6 +20,10 @@ class ConfigError(MajordomoError):
 
 class DatabaseUnavailable(MajordomoError):
     """PostgreSQL could not be reached or did not answer in time."""
+
+
+class Unauthorized(MajordomoError):
+    """The request's Majordomo key is missing, malformed, unknown or revoked (HTTP 401)."""
 
 
 def sole_error(error: BaseException) -> BaseException:

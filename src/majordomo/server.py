@@ -21,16 +21,17 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
-import httpx
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from majordomo.app import GatewayState, create_app
+from majordomo.auth import KeyCache
 from majordomo.config import PostgresSettings, Settings
 from majordomo.db import describe, open_database
 from majordomo.logwriter import run_log_writer
+from majordomo.proxy import new_http_client
 from majordomo.records import RequestRecord
 
 log = logging.getLogger("majordomo.server")
@@ -39,8 +40,21 @@ ShutdownTrigger = Callable[[], Awaitable[None]]
 # A long-lived helper: runs until cancelled once the writer has drained.
 BackgroundTask = Callable[[GatewayState], Awaitable[None]]
 
+
+async def forget_changed_keys(state: GatewayState) -> None:
+    """Drop a key from the auth cache the moment it is revoked or changed, anywhere."""
+
+    def on_change(key_hash: str | None) -> None:
+        if key_hash is None:
+            state.keys.clear()
+        else:
+            state.keys.invalidate(key_hash)
+
+    await state.db.listen_for_key_changes(on_change)
+
+
 # Helpers started next to the server, one line each.
-BACKGROUND_TASKS: Sequence[BackgroundTask] = ()
+BACKGROUND_TASKS: Sequence[BackgroundTask] = (forget_changed_keys,)
 
 
 async def wait_for_signal() -> None:
@@ -88,11 +102,16 @@ async def run_gateway(
         if settings.storage.auto_migrate:
             version = await db.migrate()
             log.info("schema is at version %d", version, extra={"database": describe(postgres)})
-        async with httpx.AsyncClient(timeout=None) as http:
+        async with new_http_client(settings) as http:
             # Capacity from logging.queue_size; when it is full the handler is told at once
             # (send_nowait) and never waits for the database.
             send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)
-            state = GatewayState(settings=settings, db=db, http=http, records=send)
+            keys = KeyCache(
+                db.find_key,
+                ttl=settings.auth.cache_ttl,
+                negative_ttl=settings.auth.negative_cache_ttl,
+            )
+            state = GatewayState(settings=settings, db=db, http=http, records=send, keys=keys)
             await _supervise(state, receive, shutdown_trigger, background_tasks, task_status)
     log.info("stopped")
 

@@ -1,0 +1,590 @@
+"""One proxied request, from the client's first byte to its usage record.
+
+Theory of operation
+-------------------
+`handle_proxy` is a raw ASGI handler (the hot path skips the web framework):
+
+    detect provider → authenticate → read body (≤ max_request_body) → inspect (pure)
+      → send upstream (httpx, streamed) → relay every chunk as it arrives, teeing it
+      into the provider's sans-IO parser → record
+
+Errors the gateway answers itself (400, 401, 404, 408, 413, 503 before forwarding; 502 and 504
+when the provider cannot be reached or stalls) use the detected provider's JSON error shape, so
+each SDK raises its usual exception with our message. Provider answers, errors included, pass
+through untouched.
+
+Every request that was forwarded (or tried to be) ends in exactly one `RequestRecord`, sent
+with `send_nowait` on the log channel: success, provider error, upstream failure, timeout, or
+the client going away mid-stream (status 499). Requests refused before forwarding are not
+recorded: they cost nothing and may carry no valid key.
+
+While the response is relayed, a watcher task reads the ASGI receive channel: hypercorn reports
+a client disconnect there, and the relay is cancelled at once. A stream the client received in
+full counts as a success even if the client hung up right after (the openai SDK closes the
+connection as soon as it has read `data: [DONE]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import trio
+
+from majordomo import providers
+from majordomo.auth import KeyCache
+from majordomo.config import Settings
+from majordomo.errors import DatabaseUnavailable, Unauthorized
+from majordomo.providers import PROVIDER_NAMES, ProviderModule, RequestInfo
+from majordomo.records import RequestRecord, Usage
+
+log = logging.getLogger("majordomo.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+METADATA_PREFIX = b"x-majordomo-"
+KEY_HEADER = b"x-majordomo-key"
+PROVIDER_HEADER = b"x-majordomo-provider"
+ALIAS_HEADER = b"x-majordomo-provider-alias"
+# Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
+# HTTP client sets itself for the upstream connection.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_NOT_FORWARDED_UP = _HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding"}
+# hypercorn writes its own Date; the client gets our X-Request-Id (the provider's moves aside).
+_NOT_FORWARDED_DOWN = _HOP_BY_HOP | {b"date", b"x-request-id"}
+UPSTREAM_REQUEST_ID = b"x-upstream-request-id"
+# The status recorded when the client went away before the response was complete
+# (nginx's convention; it is never sent, there is nobody left to send it to).
+CLIENT_CLOSED_REQUEST = 499
+# Bounds on what is kept in memory to read usage or an error message from a response.
+MAX_USAGE_BODY = 64 * 1024 * 1024
+MAX_ERROR_MESSAGE = 2000
+# After a client disconnects mid-response, how long the upstream may take to finish (seconds).
+DISCONNECT_GRACE = 0.5
+
+
+@dataclass
+class Upstreams:
+    """Base URLs of the providers, from settings."""
+
+    base_urls: dict[str, str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Upstreams:
+        p = settings.providers
+        return cls(
+            {
+                "openai": p.openai.base_url,
+                "anthropic": p.anthropic.base_url,
+                "gemini": p.gemini.base_url,
+            }
+        )
+
+
+@dataclass
+class ProxyContext:
+    """What every proxied request shares; built once by the supervisor."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    keys: KeyCache
+    records: trio.MemorySendChannel[RequestRecord]
+    upstreams: Upstreams
+    timeout: dict[str, float | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.settings.providers
+        self.timeout = httpx.Timeout(
+            connect=p.connect_timeout,
+            read=p.idle_timeout,
+            write=p.idle_timeout,
+            pool=p.connect_timeout,
+        ).as_dict()
+
+
+class _ClientTooSlow(Exception):
+    """The client did not accept a chunk within `server.write_timeout`."""
+
+
+class _Reply(Exception):
+    """Raised to answer the client with an error of our own, in the provider's format."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def new_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one upstream client: no default headers, no cookie jar, no redirects."""
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    client = httpx.AsyncClient(
+        timeout=None,
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        # A shared client must never carry one caller's cookies to another.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        trust_env=False,
+    )
+    client.headers.clear()  # the caller's headers, not httpx's, go upstream
+    return client
+
+
+def _header(headers: RawHeaders, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+async def _send_simple(
+    send: Send, status: int, body: bytes, headers: RawHeaders | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def credential_hash(headers: RawHeaders, query: bytes) -> str | None:
+    """SHA-256 of the caller's upstream credential (never the credential itself)."""
+    secret: bytes | None = None
+    for key, value in headers:
+        if key == b"authorization":
+            secret = value.split(b" ", 1)[1] if b" " in value else value
+            break
+        if key in (b"x-api-key", b"x-goog-api-key"):
+            secret = value
+            break
+    if secret is None and b"key=" in query:
+        for name, text in parse_qsl(query.decode("latin-1")):
+            if name == "key":
+                secret = text.encode("latin-1")
+                break
+    return hashlib.sha256(secret.strip()).hexdigest() if secret else None
+
+
+def metadata_from(headers: RawHeaders) -> dict[str, str]:
+    """Every `X-Majordomo-*` header but the key and the provider, prefix cut, name lower-case."""
+    metadata: dict[str, str] = {}
+    for key, value in headers:
+        if key.startswith(METADATA_PREFIX) and key not in (KEY_HEADER, PROVIDER_HEADER):
+            metadata[key[len(METADATA_PREFIX) :].decode("latin-1")] = value.decode(
+                "utf-8", "replace"
+            )
+    return metadata
+
+
+def upstream_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
+    connection_tokens: set[bytes] = set()
+    for key, value in headers:
+        if key == b"connection":
+            connection_tokens.update(t.strip().lower() for t in value.split(b","))
+    out = [
+        (key, value)
+        for key, value in headers
+        if key not in _NOT_FORWARDED_UP
+        and key not in connection_tokens
+        and not key.startswith(METADATA_PREFIX)
+    ]
+    # Ask for an uncompressed answer: usage is read from the bytes as they pass, and
+    # recompressing for the client would cost CPU on every response.
+    out.append((b"accept-encoding", b"identity"))
+    return out
+
+
+def downstream_headers(response: httpx.Response, *, keep_length: bool) -> RawHeaders:
+    out: RawHeaders = []
+    for key, value in response.headers.raw:
+        name = key.lower()
+        if name in _NOT_FORWARDED_DOWN:
+            if name == b"x-request-id":
+                out.append((UPSTREAM_REQUEST_ID, value))
+            continue
+        if name == b"content-length" and not keep_length:
+            continue
+        out.append((name, value))
+    return out
+
+
+def error_message_from(body: bytes) -> str:
+    """A bounded, readable error message from a provider's error body."""
+    text = body[: MAX_ERROR_MESSAGE * 4].decode("utf-8", "replace").strip()
+    try:
+        import json
+
+        payload = json.loads(body)
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            text = error["message"]
+        elif isinstance(payload, dict) and isinstance(payload.get("message"), str):
+            text = payload["message"]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return text[:MAX_ERROR_MESSAGE]
+
+
+class _Decompressor:
+    """Decodes a gzip/deflate body for the parser while the raw bytes go to the client."""
+
+    def __init__(self, encoding: str) -> None:
+        wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
+        self._z = zlib.decompressobj(wbits)
+
+    def decode(self, data: bytes) -> bytes:
+        try:
+            return self._z.decompress(data)
+        except zlib.error:
+            return b""
+
+
+class ProxyRequest:
+    """The state of one request; `run` drives it and always leaves a record when due."""
+
+    def __init__(self, ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+        self.ctx = ctx
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.id = uuid.uuid4()
+        self.t0 = time.perf_counter()
+        self.requested_at = datetime.now(UTC)
+        self.headers: RawHeaders = scope["headers"]
+        self.path: str = scope["path"]
+        self.method: str = scope["method"]
+        self.module: ProviderModule = providers.get_provider("openai")
+        self.provider = "openai"
+        self.key_id: uuid.UUID | None = None
+        self.info: RequestInfo | None = None
+        # Filled while relaying:
+        self.status = 0
+        self.model: str | None = None
+        self.usage: Usage | None = None
+        self.error_message: str | None = None
+        self.ttfb_ms: int | None = None
+        self.upstream_ms = 0.0
+        self.streamed = False
+        self.client_gone = False
+        self.completed = False
+
+    # -- the request ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            self._detect_provider()
+            self.key_id = await self._authenticate()
+            body = await self._read_body()
+        except _Reply as reply:
+            await self._reply(reply.status, reply.message)
+            return
+        self.info = self.module.request_info(
+            self.path,
+            self.scope["query_string"].decode("latin-1"),
+            body,
+            inject_stream_usage=self.ctx.settings.providers.inject_stream_usage,
+        )
+        try:
+            await self._forward(self.info)
+        finally:
+            self._record()
+
+    def _detect_provider(self) -> None:
+        detected = providers.detect_provider(self.path)
+        if detected is not None:
+            self.provider = detected
+            self.module = providers.get_provider(detected)
+        override = _header(self.headers, PROVIDER_HEADER)
+        if override is not None:
+            name = override.decode("latin-1").strip().lower()
+            if name not in PROVIDER_NAMES:
+                raise _Reply(
+                    400,
+                    f"X-Majordomo-Provider {name!r} is not a provider; use one of "
+                    f"{', '.join(PROVIDER_NAMES)}",
+                )
+            self.provider = name
+            self.module = providers.get_provider(name)
+        elif detected is None:
+            raise _Reply(
+                404,
+                f"no provider serves {self.path}: Majordomo forwards /v1/... (OpenAI), "
+                "/v1/messages (Anthropic) and .../models/MODEL:generateContent (Gemini); "
+                "set X-Majordomo-Provider to choose one",
+            )
+
+    async def _authenticate(self) -> uuid.UUID:
+        raw = _header(self.headers, KEY_HEADER)
+        try:
+            return await self.ctx.keys.authenticate(
+                raw.decode("latin-1").strip() if raw is not None else None
+            )
+        except Unauthorized as exc:
+            raise _Reply(401, str(exc)) from None
+        except DatabaseUnavailable as exc:
+            raise _Reply(503, str(exc)) from None
+
+    async def _read_body(self) -> bytes:
+        limit = self.ctx.settings.server.max_request_body
+        declared = _header(self.headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Reply(413, self._too_large(int(declared)))
+        chunks: list[bytes] = []
+        size = 0
+        timeout = self.ctx.settings.server.read_timeout
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    message = await self.receive()
+            except trio.TooSlowError:
+                raise _Reply(
+                    408, f"the request body did not arrive within {timeout:g}s; send it again"
+                ) from None
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                raise _Reply(CLIENT_CLOSED_REQUEST, "client disconnected")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _Reply(413, self._too_large(size))
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self, size: int) -> str:
+        limit = self.ctx.settings.server.max_request_body
+        return (
+            f"request body of {size} bytes is over this gateway's limit of {limit} bytes "
+            "(server.max_request_body); send a smaller request"
+        )
+
+    async def _reply(self, status: int, message: str) -> None:
+        if self.client_gone:
+            return
+        await _send_simple(
+            self.send,
+            status,
+            self.module.error_body(status, message),
+            [(b"x-request-id", str(self.id).encode())],
+        )
+
+    # -- forwarding -----------------------------------------------------------------------
+
+    def _upstream_url(self) -> str:
+        base = self.ctx.upstreams.base_urls[self.provider]
+        raw_path = self.scope.get("raw_path") or self.path.encode()
+        url = base + raw_path.decode("latin-1")
+        query = self.scope["query_string"]
+        return url + "?" + query.decode("latin-1") if query else url
+
+    async def _forward(self, info: RequestInfo) -> None:
+        request = httpx.Request(
+            self.method,
+            self._upstream_url(),
+            headers=upstream_headers(self.headers),
+            content=info.body,
+            extensions={"timeout": self.ctx.timeout},
+        )
+        sent_at = time.perf_counter()
+        try:
+            response = await self.ctx.http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            self._upstream_failed(504, f"{self.provider} did not answer in time ({_describe(exc)})")
+            await self._reply(self.status, self.error_message or "")
+            return
+        except httpx.HTTPError as exc:
+            self._upstream_failed(502, f"cannot reach {self.provider}: {_describe(exc)}")
+            await self._reply(self.status, self.error_message or "")
+            return
+        self.upstream_ms = (time.perf_counter() - sent_at) * 1000
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_for_disconnect, nursery.cancel_scope)
+                try:
+                    await self._relay(response, info)
+                except _ClientTooSlow:
+                    self.client_gone = True
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+    def _upstream_failed(self, status: int, message: str) -> None:
+        self.status = status
+        self.error_message = message
+        log.warning(message, extra={"request_id": str(self.id), "provider": self.provider})
+
+    async def _watch_for_disconnect(self, relay: trio.CancelScope) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone = True
+        # Let the upstream finish for a moment: a client that hangs up as soon as it has read
+        # the last event (the openai SDK after `data: [DONE]`) received everything, and the
+        # record must say so. A real abort stops the upstream after this grace.
+        relay.deadline = min(relay.deadline, trio.current_time() + DISCONNECT_GRACE)
+
+    async def _relay(self, response: httpx.Response, info: RequestInfo) -> None:
+        self.status = response.status_code
+        ok = 200 <= response.status_code < 300
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        decompressor = (
+            _Decompressor(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        )
+        parser = None
+        # A compressed stream cannot be edited on the fly: then the usage chunk stays.
+        strip = ok and info.stream and info.strip_usage_chunk and decompressor is None
+        if ok and info.stream:
+            parser = self.module.StreamParser(strip_usage_chunk=strip)
+            self.streamed = True
+        headers = downstream_headers(response, keep_length=not strip)
+        # Everything since the request arrived, less the wait for the provider's answer.
+        overhead_ms = (time.perf_counter() - self.t0) * 1000 - self.upstream_ms
+        headers.append((b"x-request-id", str(self.id).encode()))
+        headers.append((b"x-majordomo-overhead-ms", f"{overhead_ms:.2f}".encode()))
+        await self._write(
+            {"type": "http.response.start", "status": self.status, "headers": headers}
+        )
+
+        kept = bytearray()  # non-stream bodies, to read usage or the error message at the end
+        keep_limit = MAX_USAGE_BODY if ok else MAX_ERROR_MESSAGE * 4
+        try:
+            async for raw in response.aiter_raw():
+                data = decompressor.decode(raw) if decompressor else raw
+                if parser is not None:
+                    out = parser.feed(data)
+                    if decompressor is not None:
+                        out = raw
+                else:
+                    out = raw
+                    if len(kept) < keep_limit:
+                        kept += data
+                if out:
+                    await self._write(
+                        {"type": "http.response.body", "body": out, "more_body": True}
+                    )
+            if parser is not None:
+                tail = parser.close()
+                if tail and decompressor is None:
+                    await self._write(
+                        {"type": "http.response.body", "body": tail, "more_body": True}
+                    )
+            await self._write({"type": "http.response.body", "body": b"", "more_body": False})
+            self.completed = True
+        except httpx.TimeoutException:
+            self._upstream_failed(
+                504,
+                f"{self.provider} went silent for more than "
+                f"{self.ctx.settings.providers.idle_timeout:g}s mid-response",
+            )
+        except httpx.HTTPError as exc:
+            self._upstream_failed(502, f"{self.provider} broke off the response: {_describe(exc)}")
+        finally:
+            if parser is not None:
+                self.model, self.usage = parser.model, parser.usage
+            elif ok and kept:
+                self.model, self.usage = self.module.usage_from_body(self.path, bytes(kept))
+            elif not ok:
+                self.error_message = error_message_from(bytes(kept))
+
+    async def _write(self, message: Message) -> None:
+        if self.client_gone:
+            return  # nobody to write to; keep reading the upstream to its end
+        if self.ttfb_ms is None and message["type"] == "http.response.body":
+            self.ttfb_ms = round((time.perf_counter() - self.t0) * 1000)
+        try:
+            with trio.fail_after(self.ctx.settings.server.write_timeout):
+                await self.send(message)
+        except trio.TooSlowError:
+            self.error_message = (
+                "client stopped reading for more than "
+                f"{self.ctx.settings.server.write_timeout:g}s (server.write_timeout)"
+            )
+            raise _ClientTooSlow from None
+
+    # -- the record -----------------------------------------------------------------------
+
+    def _record(self) -> None:
+        responded_at = datetime.now(UTC)
+        status = self.status
+        error = self.error_message
+        if self.client_gone and not self.completed:
+            status = CLIENT_CLOSED_REQUEST
+            error = error or "client disconnected before the response was complete"
+        model = self.model or (self.info.model if self.info else None) or "unknown"
+        record = RequestRecord(
+            id=self.id,
+            api_key_id=self.key_id,
+            provider=self.provider,
+            model=model,
+            request_path=self.path,
+            request_method=self.method,
+            requested_at=self.requested_at,
+            responded_at=responded_at,
+            status_code=status,
+            usage=self.usage or Usage(),
+            response_time_ms=round((time.perf_counter() - self.t0) * 1000),
+            time_to_first_byte_ms=self.ttfb_ms,
+            streamed=self.streamed,
+            provider_api_key_hash=credential_hash(self.headers, self.scope["query_string"]),
+            provider_api_key_alias=_alias(self.headers),
+            error_message=error,
+            raw_metadata=metadata_from(self.headers),
+        )
+        try:
+            self.ctx.records.send_nowait(record)
+        except trio.WouldBlock:
+            log.error(
+                "usage log queue is full; record dropped",
+                extra={
+                    "request_id": str(self.id),
+                    "queue_size": self.ctx.settings.logging.queue_size,
+                },
+            )
+
+
+def _alias(headers: RawHeaders) -> str | None:
+    value = _header(headers, ALIAS_HEADER)
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def handle_proxy(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+    await ProxyRequest(ctx, scope, receive, send).run()

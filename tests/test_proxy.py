@@ -1,0 +1,95 @@
+"""The proxy's pure helpers: which headers go where, metadata, credential hashing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from majordomo.proxy import credential_hash, error_message_from, metadata_from, upstream_headers
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_upstream_headers_drop_hop_by_hop_host_length_and_majordomo() -> None:
+    headers = [
+        (b"host", b"gateway:7680"),
+        (b"authorization", b"Bearer sk-upstream"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"42"),
+        (b"connection", b"keep-alive, x-custom-hop"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-custom-hop", b"1"),
+        (b"transfer-encoding", b"chunked"),
+        (b"te", b"trailers"),
+        (b"accept-encoding", b"gzip, br"),
+        (b"x-majordomo-key", b"mdm_sk_x"),
+        (b"x-majordomo-user-id", b"u1"),
+        (b"openai-organization", b"org-1"),
+        (b"user-agent", b"OpenAI/Python 3.0"),
+    ]
+    assert upstream_headers(headers) == [
+        (b"authorization", b"Bearer sk-upstream"),
+        (b"content-type", b"application/json"),
+        (b"openai-organization", b"org-1"),
+        (b"user-agent", b"OpenAI/Python 3.0"),
+        (b"accept-encoding", b"identity"),
+    ]
+
+
+def test_metadata_takes_every_majordomo_header_but_key_and_provider() -> None:
+    headers = [
+        (b"x-majordomo-key", b"mdm_sk_x"),
+        (b"x-majordomo-provider", b"openai"),
+        (b"x-majordomo-user-id", b"user_123"),
+        (b"x-majordomo-feature", "caf\u00e9".encode()),
+        (b"x-majordomo-provider-alias", b"team-a"),
+        (b"authorization", b"Bearer x"),
+    ]
+    assert metadata_from(headers) == {
+        "user-id": "user_123",
+        "feature": "caf\u00e9",
+        "provider-alias": "team-a",
+    }
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "secret"),
+    [
+        ([(b"authorization", b"Bearer sk-abc")], b"", "sk-abc"),
+        ([(b"x-api-key", b"sk-ant-1")], b"", "sk-ant-1"),
+        ([(b"x-goog-api-key", b"AIza1")], b"", "AIza1"),
+        ([], b"alt=sse&key=AIza2", "AIza2"),
+        ([(b"authorization", b"Bearer sk-first"), (b"x-api-key", b"second")], b"", "sk-first"),
+    ],
+)
+def test_credential_hash_hashes_the_upstream_secret(
+    headers: list[tuple[bytes, bytes]], query: bytes, secret: str
+) -> None:
+    assert credential_hash(headers, query) == sha(secret)
+
+
+def test_no_credential_no_hash() -> None:
+    assert credential_hash([(b"content-type", b"application/json")], b"alt=sse") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error": {"message": "Rate limit reached", "type": "x"}}', "Rate limit reached"),
+        (
+            b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+            "Overloaded",
+        ),
+        (
+            b'{"error": {"code": 400, "message": "API key not valid", "status": "X"}}',
+            "API key not valid",
+        ),
+        (b"<html>bad gateway</html>", "<html>bad gateway</html>"),
+        (b"x" * 10_000, "x" * 2000),
+    ],
+)
+def test_error_message_is_readable_and_bounded(body: bytes, message: str) -> None:
+    assert error_message_from(body) == message
