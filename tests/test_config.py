@@ -167,7 +167,11 @@ def test_sizes(raw: object, size: int) -> None:
             {},
             "majordomo.yaml: unknown setting 'server.prot'; settings here are server.host,",
         ),
-        ({"serverr": {"port": 1}}, {}, "unknown setting 'serverr.port'; sections are auth, logging,"),
+        (
+            {"serverr": {"port": 1}},
+            {},
+            "unknown setting 'serverr.port'; sections are auth, logging,",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import httpx
 import trio
+import trio.testing
 
 from majordomo.app import GatewayState, create_app
 from majordomo.config import Settings, load_settings
@@ -105,6 +106,8 @@ async def test_shutdown_writes_every_queued_record_even_through_a_database_outag
         for n in range(count):
             state.records.send_nowait(a_record(n))
         stop.set()
+        await trio.testing.wait_all_tasks_blocked()  # the supervisor has seen the trigger
+        assert state.shutting_down
 
         # Shutdown has begun: readiness says so, and nothing is written yet.
         async with httpx.AsyncClient(

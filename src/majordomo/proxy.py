@@ -31,10 +31,11 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import httpx
@@ -483,20 +484,22 @@ class ProxyRequest:
         kept = bytearray()  # non-stream bodies, to read usage or the error message at the end
         keep_limit = MAX_USAGE_BODY if ok else MAX_ERROR_MESSAGE * 4
         try:
-            async for raw in response.aiter_raw():
-                data = decompressor.decode(raw) if decompressor else raw
-                if parser is not None:
-                    out = parser.feed(data)
-                    if decompressor is not None:
+            # aclosing: a relay cut short (client gone, timeout) closes the generator at once.
+            async with aclosing(cast(AsyncGenerator[bytes], response.aiter_raw())) as upstream:
+                async for raw in upstream:
+                    data = decompressor.decode(raw) if decompressor else raw
+                    if parser is not None:
+                        out = parser.feed(data)
+                        if decompressor is not None:
+                            out = raw
+                    else:
                         out = raw
-                else:
-                    out = raw
-                    if len(kept) < keep_limit:
-                        kept += data
-                if out:
-                    await self._write(
-                        {"type": "http.response.body", "body": out, "more_body": True}
-                    )
+                        if len(kept) < keep_limit:
+                            kept += data
+                    if out:
+                        await self._write(
+                            {"type": "http.response.body", "body": out, "more_body": True}
+                        )
             if parser is not None:
                 tail = parser.close()
                 if tail and decompressor is None:
