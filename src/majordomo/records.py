@@ -29,6 +29,27 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Exchange:
+    """The full request and response of one call, kept when `logging.body_storage` is on.
+
+    Headers are as sent/received (names lower-case), secrets included: the body store
+    redacts them before anything is written. A streamed response body is its raw event text.
+    Bodies may already be cut at `logging.max_body_size` (`*_truncated` says so).
+    """
+
+    method: str
+    path: str
+    query: str
+    request_headers: tuple[tuple[str, str], ...]
+    request_body: bytes
+    response_status: int
+    response_headers: tuple[tuple[str, str], ...]
+    response_body: bytes
+    request_truncated: bool = False
+    response_truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RequestRecord:
     """One finished request, as the log writer will store it."""
 
@@ -49,3 +70,4 @@ class RequestRecord:
     provider_api_key_alias: str | None = None
     error_message: str | None = None
     raw_metadata: dict[str, Any] = field(default_factory=dict)
+    exchange: Exchange | None = None
