@@ -19,6 +19,9 @@ import pytest
 from majordomo.config import PostgresSettings
 from tests.pghelpers import PgAdmin, embedded_server_settings, settings_from_dsn
 
+# The S3-protocol server (moto) on loopback and a fresh bucket per test.
+pytest_plugins = ["tests.s3server"]
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresSettings]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,10 +65,13 @@ async def running_gateway(
     *,
     settings: dict[str, Any] | None = None,
     postgres: PostgresSettings | None = None,
+    spool_dir: str | None = None,
 ) -> AsyncIterator[Gateway]:
     """Serve the gateway on a free loopback port until the block ends, then shut it down."""
+    spool_dir = spool_dir or tempfile.mkdtemp(prefix="mdm-spool-")
     values: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
+        "logging": {"spool_dir": spool_dir},
         "providers": {
             "openai": {"base_url": upstream_url},
             "anthropic": {"base_url": upstream_url},

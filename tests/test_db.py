@@ -66,7 +66,7 @@ async def test_migrate_creates_the_contract_tables_and_is_idempotent(pg: PgAdmin
             "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
         )
         assert columns <= {r["column_name"] for r in rows}, table
-    assert await pg.afetchval("SELECT count(*) FROM majordomo_schema") == 1
+    assert await pg.afetchval("SELECT count(*) FROM majordomo_schema") == dbmod.SCHEMA_VERSION
 
 
 async def test_migrate_from_many_processes_at_once_is_safe(pg: PgAdmin) -> None:

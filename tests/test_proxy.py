@@ -48,11 +48,23 @@ def test_metadata_takes_every_majordomo_header_but_key_and_provider() -> None:
         (b"x-majordomo-provider-alias", b"team-a"),
         (b"authorization", b"Bearer x"),
     ]
-    assert metadata_from(headers) == {
-        "user-id": "user_123",
-        "feature": "caf\u00e9",
-        "provider-alias": "team-a",
-    }
+    assert metadata_from(headers) == (
+        {"user-id": "user_123", "feature": "caf\u00e9", "provider-alias": "team-a"},
+        0,
+    )
+
+
+def test_metadata_is_bounded_and_what_is_dropped_is_counted() -> None:
+    headers = [(f"x-majordomo-k{i}".encode(), b"v") for i in range(40)]
+    headers += [
+        (b"x-majordomo-" + b"n" * 129, b"too long a name"),
+        (b"x-majordomo-k0", b"w" * 2000),  # an existing name: replaced, value cut
+    ]
+    metadata, dropped = metadata_from(headers)
+    assert len(metadata) == 32
+    assert metadata["k0"] == "w" * 1024
+    assert "k32" not in metadata
+    assert dropped == 8 + 1 + 1  # 8 keys over the limit, the long name, the cut value
 
 
 @pytest.mark.parametrize(

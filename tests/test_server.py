@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import trio
@@ -19,7 +21,10 @@ from tests.pghelpers import PgAdmin
 
 def gateway_settings() -> Settings:
     return load_settings(
-        {"server": {"host": "127.0.0.1", "port": 0}, "logging": {"drain_timeout": "60s"}}
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "logging": {"drain_timeout": "60s", "spool_dir": tempfile.mkdtemp(prefix="mdm-")},
+        }
     )
 
 
@@ -83,52 +88,55 @@ async def test_health_and_readiness_follow_the_database(pg: PgAdmin) -> None:
         nursery.cancel_scope.cancel()  # the relay
 
 
-async def test_shutdown_writes_every_queued_record_even_through_a_database_outage(
+async def test_records_queued_at_shutdown_survive_a_database_outage_and_a_restart(
     pg: PgAdmin,
 ) -> None:
-    stop = trio.Event()
-    finished = trio.Event()
+    """Shutdown with the database away: the queue goes to the spool, the next start writes it."""
     count = 300
+    settings = gateway_settings()
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
-
-        async def gateway(task_status: trio.TaskStatus[GatewayState]) -> None:
-            await run_gateway(
-                gateway_settings(),
-                relay.settings,
-                shutdown_trigger=stop.wait,
-                task_status=task_status,
+        async with trio.open_nursery() as gateway:
+            state: GatewayState = await gateway.start(
+                lambda task_status: run_gateway(
+                    settings, relay.settings, shutdown_trigger=stop.wait, task_status=task_status
+                )
             )
-            finished.set()
-
-        state: GatewayState = await nursery.start(gateway)
-        relay.cut()  # the writer cannot write: every record stays queued
-        for n in range(count):
-            state.records.send_nowait(a_record(n))
-        stop.set()
-        await trio.testing.wait_all_tasks_blocked()  # the supervisor has seen the trigger
-        assert state.shutting_down
-
-        # Shutdown has begun: readiness says so, and nothing is written yet.
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(state)), base_url="http://gateway"
-        ) as client:
-            ready = await client.get("/readyz")
-        assert (ready.status_code, ready.json()) == (
-            503,
-            {"status": "error", "error": "shutting down"},
-        )
-        with trio.move_on_after(0.5):
-            await finished.wait()
-        assert not finished.is_set(), "the supervisor must wait for the writer to drain"
+            relay.cut()  # the writer cannot write: every record stays queued
+            for n in range(count):
+                state.records.send_nowait(a_record(n))
+            stop.set()
+            await trio.testing.wait_all_tasks_blocked()  # the supervisor has seen the trigger
+            assert state.shutting_down
+            # Shutdown has begun: readiness says so.
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=create_app(state)), base_url="http://gateway"
+            ) as client:
+                ready = await client.get("/readyz")
+            assert (ready.status_code, ready.json()) == (
+                503,
+                {"status": "error", "error": "shutting down"},
+            )
+        # The gateway has exited: nothing reached the database, everything is on disk.
         assert await pg.afetchval("SELECT count(*) FROM llm_requests") == 0
+        spooled = Path(settings.logging.spool_dir) / "pending.jsonl"
+        assert len(spooled.read_bytes().splitlines()) == count
+        nursery.cancel_scope.cancel()
 
-        relay.restore()
-        with trio.fail_after(30):
-            await finished.wait()
-        nursery.cancel_scope.cancel()  # the relay
+    # The next start, with the database back, replays the spool before anything else.
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_gateway(
+                settings, pg.settings, shutdown_trigger=stop.wait, task_status=task_status
+            )
+        )
+        stop.set()
     rows = await pg.afetch("SELECT input_tokens FROM llm_requests")
     assert sorted(r["input_tokens"] for r in rows) == list(range(count))
+    spool_dir = trio.Path(settings.logging.spool_dir)
+    assert not [p for p in await spool_dir.iterdir() if p.suffix == ".jsonl"]
 
 
 async def test_background_tasks_are_cancelled_after_the_writer_drains(pg: PgAdmin) -> None:

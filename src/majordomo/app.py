@@ -1,5 +1,5 @@
 """The HTTP surface: an ASGI app that sends proxied paths to `proxy.handle_proxy` and the
-gateway's own endpoints (`/health`, `/readyz`) to a Quart-Trio app.
+gateway's own endpoints (`/health`, `/readyz`, `/metrics`) to a Quart-Trio app.
 
 The proxy skips the web framework on purpose: it needs the raw ASGI receive channel (to see a
 client disconnect while it relays), per-write timeouts, and none of Quart's per-request work
@@ -18,16 +18,19 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from majordomo.auth import KeyCache
+from majordomo.bodystore import BodyStore
 from majordomo.config import Settings
 from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable
+from majordomo.metrics import Metrics
 from majordomo.proxy import ProxyContext, Receive, Scope, Send, Upstreams, handle_proxy
 from majordomo.records import RequestRecord
+from majordomo.spool import Spool
 
 # Readiness answers 503 when the database has not answered a ping within this many seconds.
 READINESS_DB_TIMEOUT = 2.0
 # Served by the Quart app; every other path is proxied.
-OWN_PATHS = frozenset({"/health", "/readyz"})
+OWN_PATHS = frozenset({"/health", "/readyz", "/metrics"})
 
 
 @dataclass
@@ -37,6 +40,9 @@ class GatewayState:
     http: httpx.AsyncClient
     records: trio.MemorySendChannel[RequestRecord]
     keys: KeyCache
+    spool: Spool
+    metrics: Metrics
+    bodies: BodyStore
     shutting_down: bool = False
     bound_urls: list[str] = field(default_factory=list)
 
@@ -64,6 +70,12 @@ def create_admin_app(state: GatewayState) -> QuartTrio:
             return {"status": "error", "error": str(exc)}, 503
         return {"status": "ok"}, 200
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(
+            state.metrics.render(), status=200, content_type="text/plain; version=0.0.4"
+        )
+
     return app
 
 
@@ -76,6 +88,8 @@ def create_app(state: GatewayState) -> Any:
         keys=state.keys,
         records=state.records,
         upstreams=Upstreams.from_settings(state.settings),
+        spool=state.spool,
+        metrics=state.metrics,
     )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

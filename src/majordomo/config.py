@@ -208,6 +208,11 @@ class LoggingSettings:
     drain_timeout: float = _setting(
         20.0, parse_duration, "on shutdown, how long the writer may take to store queued records"
     )
+    spool_dir: str = _setting(
+        ".majordomo/spool",
+        parse_str,
+        "where usage records wait on disk while the database is unreachable",
+    )
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,12 @@ class S3Settings:
     region: str = _setting("us-east-1", parse_str, "bucket region")
     endpoint: str = _setting("", parse_str, "endpoint URL for S3-compatible stores; empty is AWS")
     prefix: str = _setting("", parse_str, "key prefix for stored bodies")
+    path_style: bool = _setting(
+        False,
+        parse_bool,
+        "force path-style URLs (endpoint/bucket/key); otherwise boto3 chooses: "
+        "virtual-hosted on AWS, path-style for a custom endpoint",
+    )
     access_key_id: str = _setting("", parse_str, "access key; empty uses the AWS default chain")
     secret_access_key: str = _setting("", parse_str, "secret key")
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -25,6 +26,7 @@ import asyncpg
 import trio
 from trio_asyncio import aio_as_trio
 
+from majordomo import sketch
 from majordomo.auth import KeyStatus
 from majordomo.config import PostgresSettings
 from majordomo.errors import DatabaseUnavailable, MajordomoError
@@ -33,7 +35,7 @@ from majordomo.records import RequestRecord
 log = logging.getLogger("majordomo.db")
 
 # The version recorded by the last statement of schema.sql.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Any two gateways migrating at once serialise on this advisory lock ("mdm" in ASCII).
 _MIGRATE_LOCK_ID = 0x6D646D
 # Keys changed (revoked, renamed) are announced here so every gateway drops its cached entry.
@@ -86,6 +88,69 @@ class ApiKey:
             "last_used_at": _iso(self.last_used_at),
             "request_count": self.request_count,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataKey:
+    key_name: str
+    display_name: str | None
+    key_type: str
+    is_active: bool
+    activated_at: datetime | None
+    request_count: int
+    last_seen_at: datetime | None
+    approx_cardinality: int
+    created_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key_name": self.key_name,
+            "display_name": self.display_name,
+            "key_type": self.key_type,
+            "is_active": self.is_active,
+            "activated_at": _iso(self.activated_at),
+            "request_count": self.request_count,
+            "last_seen_at": _iso(self.last_seen_at),
+            "approx_cardinality": self.approx_cardinality,
+            "created_at": _iso(self.created_at),
+        }
+
+
+_METADATA_COLUMNS = (
+    "key_name, display_name, key_type, is_active, activated_at, request_count, last_seen_at, "
+    "approx_cardinality, created_at"
+)
+
+# One slice of a backfill: rows in id order after $2, for one API key ($1) or all.
+_BACKFILL = """
+WITH slice AS (
+    SELECT id FROM llm_requests
+     WHERE ($1::uuid IS NULL OR majordomo_api_key_id = $1) AND id > $2
+     ORDER BY id LIMIT $3
+),
+updated AS (
+    UPDATE llm_requests AS r
+       SET indexed_metadata = coalesce((
+               SELECT jsonb_object_agg(e.key, e.value)
+                 FROM jsonb_each(r.raw_metadata) AS e
+                 JOIN llm_requests_metadata_keys AS mk
+                   ON mk.majordomo_api_key_id = r.majordomo_api_key_id
+                  AND mk.key_name = e.key AND mk.is_active
+           ), '{}'::jsonb)
+      FROM slice
+     WHERE r.id = slice.id
+       AND r.indexed_metadata IS DISTINCT FROM coalesce((
+               SELECT jsonb_object_agg(e.key, e.value)
+                 FROM jsonb_each(r.raw_metadata) AS e
+                 JOIN llm_requests_metadata_keys AS mk
+                   ON mk.majordomo_api_key_id = r.majordomo_api_key_id
+                  AND mk.key_name = e.key AND mk.is_active
+           ), '{}'::jsonb)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) AS changed,
+       (SELECT id FROM slice ORDER BY id DESC LIMIT 1) AS last_id
+"""
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -270,28 +335,164 @@ class Database:
             with contextlib.suppress(*_UNREACHABLE):
                 await conn.close(timeout=1)
 
+    # -- metadata keys --------------------------------------------------------------------
+
+    async def list_metadata_keys(self, key_id: uuid.UUID) -> list[MetadataKey]:
+        await self.get_key(key_id)  # a clear error for an unknown id
+        rows = await self._call(
+            "fetch",
+            f"SELECT {_METADATA_COLUMNS} FROM llm_requests_metadata_keys "
+            "WHERE majordomo_api_key_id = $1 ORDER BY key_name",
+            key_id,
+        )
+        return [MetadataKey(**dict(row.items())) for row in rows]
+
+    async def set_metadata_key_active(
+        self, key_id: uuid.UUID, name: str, active: bool
+    ) -> MetadataKey:
+        """Activate (or deactivate) copying one metadata key into `indexed_metadata`.
+
+        A key never seen yet can be activated ahead of its first request.
+        """
+        await self.get_key(key_id)
+        row = await self._call(
+            "fetchrow",
+            f"""
+            INSERT INTO llm_requests_metadata_keys AS mk
+                (majordomo_api_key_id, key_name, is_active, activated_at)
+            VALUES ($1, $2, $3, CASE WHEN $3 THEN now() END)
+            ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET
+                is_active = $3,
+                activated_at = CASE WHEN $3 THEN coalesce(
+                    CASE WHEN mk.is_active THEN mk.activated_at END, now()) END
+            RETURNING {_METADATA_COLUMNS}
+            """,
+            key_id,
+            name,
+            active,
+        )
+        return MetadataKey(**dict(row.items()))
+
+    async def backfill_indexed_metadata(
+        self, key_id: uuid.UUID | None, *, batch_size: int = 5000
+    ) -> int:
+        """Recompute `indexed_metadata` of stored rows from the active keys; rows changed."""
+        if key_id is not None:
+            await self.get_key(key_id)
+        changed = 0
+        last = uuid.UUID(int=0)
+        while True:
+            row = await self._call("fetchrow", _BACKFILL, key_id, last, batch_size)
+            changed += int(row["changed"])
+            if row["last_id"] is None:
+                return changed
+            last = row["last_id"]
+
     # -- usage records --------------------------------------------------------------------
 
-    async def insert_records(self, records: Sequence[RequestRecord]) -> None:
-        """Insert finished requests; ids already present are skipped, so replays are safe."""
-        await self._call(
-            "executemany",
+    async def insert_records(
+        self, records: Sequence[RequestRecord], extras: Sequence[RowExtras] | None = None
+    ) -> int:
+        """Insert finished requests in one round trip; return how many rows were new.
+
+        Ids already present are skipped, so replaying a batch is safe, and the counters this
+        statement moves (`api_keys.request_count`/`last_used_at`, the metadata key registry)
+        only count the rows it actually inserted. Active metadata keys of each API key are
+        copied into `indexed_metadata` in the same statement.
+        """
+        if not records:
+            return 0
+        extras = extras or [RowExtras()] * len(records)
+        columns: list[list[Any]] = [[] for _ in range(28)]
+        for record, extra in zip(records, extras, strict=True):
+            for column, value in zip(columns, _record_row(record, extra), strict=True):
+                column.append(value)
+        key_ids, names, hlls = _metadata_sketches(records)
+        try:
+            inserted = await self._call("fetchval", _INSERT_BATCH, *columns, key_ids, names, hlls)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+            # Two writers updated the same counters; the statement rolled back whole.
+            raise DatabaseUnavailable(f"write conflict, will retry: {exc}") from exc
+        return int(inserted)
+
+    # -- pricing (owned by the pricing module) ---
+
+    async def rows_to_reprice(
+        self,
+        since: datetime,
+        model: str | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """One page of `llm_requests` rows for `majordomo pricing recalc`, oldest first.
+
+        Rows requested at or after `since` (and of `model`, if given) that come after `after`
+        (the previous page's last `(requested_at, id)`) in `(requested_at, id)` order: their
+        id, provider, model, requested_at, token counts, costs and model_alias_found.
+        """
+        # The first page starts after (since, the nil UUID), which no stored row has.
+        start = after or (since, uuid.UUID(int=0))
+        rows = await self._call(
+            "fetch",
             """
-            INSERT INTO llm_requests (
-                id, majordomo_api_key_id, provider_api_key_hash, provider_api_key_alias,
-                provider, model, request_path, request_method, requested_at, responded_at,
-                response_time_ms, time_to_first_byte_ms, streamed, input_tokens, output_tokens,
-                cached_tokens, cache_creation_tokens, reasoning_tokens, status_code,
-                error_message, raw_metadata
-            ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                      $17, $18, $19, $20, $21::jsonb)
-            ON CONFLICT (id) DO NOTHING
+            SELECT id, provider, model, requested_at, input_tokens, output_tokens,
+                   cached_tokens, cache_creation_tokens, reasoning_tokens,
+                   input_cost, output_cost, total_cost, model_alias_found
+              FROM llm_requests
+             WHERE requested_at >= $1
+               AND (requested_at, id) > ($2, $3)
+               AND ($4::text IS NULL OR model = $4)
+             ORDER BY requested_at, id
+             LIMIT $5
             """,
-            [_record_row(r) for r in records],
+            since,
+            start[0],
+            start[1],
+            model,
+            limit,
         )
+        return [dict(row.items()) for row in rows]
+
+    async def update_costs(
+        self, rows: Sequence[tuple[uuid.UUID, Decimal, Decimal, Decimal, bool]]
+    ) -> int:
+        """Set `(id, input_cost, output_cost, total_cost, model_alias_found)` of rows at once."""
+        if not rows:
+            return 0
+        ids, inputs, outputs, totals, found = (list(column) for column in zip(*rows, strict=True))
+        status = await self._call(
+            "execute",
+            """
+            UPDATE llm_requests AS r
+               SET input_cost = u.input_cost, output_cost = u.output_cost,
+                   total_cost = u.total_cost, model_alias_found = u.found
+              FROM unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[],
+                          $5::boolean[]) AS u (id, input_cost, output_cost, total_cost, found)
+             WHERE r.id = u.id
+            """,
+            ids,
+            inputs,
+            outputs,
+            totals,
+            found,
+        )
+        return int(str(status).rsplit(" ", 1)[-1])
 
 
-def _record_row(r: RequestRecord) -> tuple[Any, ...]:
+@dataclass(frozen=True, slots=True)
+class RowExtras:
+    """What the log writer adds to a record before inserting it: cost and stored bodies."""
+
+    input_cost: Decimal = Decimal(0)
+    output_cost: Decimal = Decimal(0)
+    total_cost: Decimal = Decimal(0)
+    model_alias_found: bool = False
+    request_body: str | None = None
+    response_body: str | None = None
+    body_s3_key: str | None = None
+
+
+def _record_row(r: RequestRecord, x: RowExtras) -> tuple[Any, ...]:
     u = r.usage
     return (
         r.id,
@@ -315,7 +516,110 @@ def _record_row(r: RequestRecord) -> tuple[Any, ...]:
         r.status_code,
         r.error_message,
         json.dumps(r.raw_metadata),
+        x.input_cost,
+        x.output_cost,
+        x.total_cost,
+        x.model_alias_found,
+        x.request_body,
+        x.response_body,
+        x.body_s3_key,
     )
+
+
+def _metadata_sketches(
+    records: Sequence[RequestRecord],
+) -> tuple[list[uuid.UUID], list[str], list[bytes]]:
+    """A HyperLogLog sketch of the values of each (API key, metadata key) in a batch."""
+    sketches: dict[tuple[uuid.UUID, str], bytearray] = {}
+    for r in records:
+        if r.api_key_id is None:
+            continue
+        for name, value in r.raw_metadata.items():
+            registers = sketches.get((r.api_key_id, name))
+            if registers is None:
+                registers = sketches[(r.api_key_id, name)] = bytearray(sketch.REGISTERS)
+            sketch.add(registers, str(value))
+    # Sorted: concurrent writers then lock registry rows in the same order (no deadlocks).
+    ordered = sorted(sketches.items(), key=lambda item: (str(item[0][0]), item[0][1]))
+    return (
+        [key_id for (key_id, _), _ in ordered],
+        [name for (_, name), _ in ordered],
+        [bytes(registers) for _, registers in ordered],
+    )
+
+
+_INSERT_BATCH = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+        $8::text[], $9::timestamptz[], $10::timestamptz[], $11::int[], $12::int[], $13::bool[],
+        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[],
+        $20::text[], $21::text[], $22::numeric[], $23::numeric[], $24::numeric[], $25::bool[],
+        $26::text[], $27::text[], $28::text[]
+    ) AS t(id, key_id, credential_hash, credential_alias, provider, model, path, method,
+           requested_at, responded_at, response_time_ms, ttfb_ms, streamed, input_tokens,
+           output_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens, status_code,
+           error_message, raw_metadata, input_cost, output_cost, total_cost, alias_found,
+           request_body, response_body, body_s3_key)
+),
+inserted AS (
+    INSERT INTO llm_requests (
+        id, majordomo_api_key_id, provider_api_key_hash, provider_api_key_alias, provider, model,
+        request_path, request_method, requested_at, responded_at, response_time_ms,
+        time_to_first_byte_ms, streamed, input_tokens, output_tokens, cached_tokens,
+        cache_creation_tokens, reasoning_tokens, status_code, error_message, raw_metadata,
+        indexed_metadata, input_cost, output_cost, total_cost, model_alias_found, request_body,
+        response_body, body_s3_key
+    )
+    SELECT i.id, i.key_id, i.credential_hash, i.credential_alias, i.provider, i.model, i.path,
+           i.method, i.requested_at, i.responded_at, i.response_time_ms, i.ttfb_ms, i.streamed,
+           i.input_tokens, i.output_tokens, i.cached_tokens, i.cache_creation_tokens,
+           i.reasoning_tokens, i.status_code, i.error_message, i.raw_metadata::jsonb,
+           coalesce((
+               SELECT jsonb_object_agg(e.key, e.value)
+                 FROM jsonb_each(i.raw_metadata::jsonb) AS e
+                 JOIN llm_requests_metadata_keys AS mk
+                   ON mk.majordomo_api_key_id = i.key_id AND mk.key_name = e.key
+                  AND mk.is_active
+           ), '{}'::jsonb),
+           i.input_cost, i.output_cost, i.total_cost, i.alias_found, i.request_body,
+           i.response_body, i.body_s3_key
+      FROM input AS i
+    ON CONFLICT (id) DO NOTHING
+    RETURNING majordomo_api_key_id, requested_at, raw_metadata
+),
+key_counts AS (
+    UPDATE api_keys AS k
+       SET request_count = k.request_count + c.n,
+           last_used_at = greatest(k.last_used_at, c.last_used)
+      FROM (SELECT majordomo_api_key_id AS id, count(*) AS n, max(requested_at) AS last_used
+              FROM inserted WHERE majordomo_api_key_id IS NOT NULL GROUP BY 1) AS c
+     WHERE k.id = c.id
+),
+metadata_counts AS (
+    SELECT majordomo_api_key_id AS key_id, m.name, count(*) AS n, max(requested_at) AS last_seen
+      FROM inserted, jsonb_object_keys(raw_metadata) AS m(name)
+     WHERE majordomo_api_key_id IS NOT NULL
+     GROUP BY 1, 2
+),
+registry AS (
+    INSERT INTO llm_requests_metadata_keys AS mk (
+        majordomo_api_key_id, key_name, request_count, last_seen_at, approx_hll,
+        approx_cardinality
+    )
+    SELECT s.key_id, s.name, coalesce(c.n, 0), c.last_seen, s.hll, majordomo_hll_estimate(s.hll)
+      FROM unnest($29::uuid[], $30::text[], $31::bytea[]) AS s(key_id, name, hll)
+      LEFT JOIN metadata_counts AS c USING (key_id, name)
+     ORDER BY s.key_id, s.name
+    ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET
+        request_count = mk.request_count + excluded.request_count,
+        last_seen_at = greatest(mk.last_seen_at, excluded.last_seen_at),
+        approx_hll = majordomo_hll_merge(mk.approx_hll, excluded.approx_hll),
+        approx_cardinality = majordomo_hll_estimate(
+            majordomo_hll_merge(mk.approx_hll, excluded.approx_hll))
+)
+SELECT count(*) FROM inserted
+"""
 
 
 def _api_key_without(row: asyncpg.Record, *drop: str) -> ApiKey:

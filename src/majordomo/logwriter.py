@@ -1,76 +1,246 @@
-"""The log writer: the one consumer of the usage-record channel.
+"""The log writer: the one consumer of the usage-record channel, and its durability.
 
-Request handlers `send_nowait` finished `RequestRecord`s into a bounded memory channel; this
-task takes them in batches and inserts them. It returns once every send side is closed and the
-channel is empty, which is how the supervisor drains it on shutdown: close the send side after
-`serve()` returns, then wait for this task (under a deadline, `logging.drain_timeout`).
-While the database is unreachable it retries with backoff. If it is cancelled (the drain
-deadline passed) it reports, in one error line, how many records it could not write.
+Theory of operation
+-------------------
+Request handlers `send_nowait` finished `RequestRecord`s into a bounded memory channel (and,
+when it is full, append them to the local spool: see `spool.py`). This task takes records in
+batches — up to `MAX_BATCH` rows, or whatever arrived within `MAX_DELAY` of the first — prices
+them, stores their bodies, and inserts each batch in one round trip (`Database.insert_records`,
+which also moves the key and metadata counters, exactly once per row).
+
+When PostgreSQL is unreachable, the batch goes to the spool (fsync'ed) and the writer stops
+trying for a while (doubling from `FIRST_RETRY_DELAY` to `MAX_RETRY_DELAY`); batches arriving
+meanwhile go straight to the spool, so the channel never backs up behind a dead database. The
+first successful insert after that replays the spool. The spool is also replayed at start-up:
+a previous process may have left records there.
+
+A batch the database refuses for its content (not a connection problem) is retried row by
+row; a row refused on its own is set aside in the spool's quarantine file with an error log.
+
+It returns once every send side is closed and the channel is empty; the supervisor closes the
+channel after `serve()` returns and gives the writer `logging.drain_timeout`. If that deadline
+cancels it, whatever is still queued goes to the spool (shielded), for the next start.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
+import asyncpg
 import trio
 
-from majordomo.db import Database
+from majordomo.bodystore import BodyStore, NoBodyStore, StoredBodies
+from majordomo.db import Database, RowExtras
 from majordomo.errors import DatabaseUnavailable
+from majordomo.metrics import Metrics
 from majordomo.records import RequestRecord
+from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.logwriter")
 
-# One round trip writes at most this many rows.
+NO_BODIES = StoredBodies()
+
+# One round trip writes at most this many rows...
 MAX_BATCH = 500
-# Retry delays while the database is unreachable: doubling up to a ceiling.
-FIRST_RETRY_DELAY = 0.1
+# ...and a row waits at most this long (seconds) for others to share its round trip.
+MAX_DELAY = 0.2
+# Pauses between attempts while the database is unreachable: doubling up to a ceiling.
+FIRST_RETRY_DELAY = 0.2
 MAX_RETRY_DELAY = 5.0
 
 
-async def run_log_writer(
-    db: Database,
-    records: trio.MemoryReceiveChannel[RequestRecord],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Write records until the channel is closed and empty."""
-    task_status.started()
-    written = 0
-    batch: list[RequestRecord] = []
-    async with records:
-        try:
-            async for first in records:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(records.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
+class LogWriter:
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        bodies: BodyStore | None = None,
+        max_batch: int = MAX_BATCH,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
+        self.db = db
+        self.spool = spool
+        self.metrics = metrics
+        self.bodies = bodies or NoBodyStore()
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self._down_until = 0.0  # while the database is unreachable: when to try it again
+        self._retry_delay = FIRST_RETRY_DELAY
+        self.written = 0
+
+    # -- the task -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        records: trio.MemoryReceiveChannel[RequestRecord],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Write records until the channel is closed and empty; spool what cannot be written."""
+        task_status.started()
+        batch: list[RequestRecord] = []
+        async with records:
+            try:
+                await self.replay()
+                while True:
+                    batch = await self._next_batch(records)
+                    if not batch:
                         break
-                await _write(db, batch)
-                written += len(batch)
-                batch = []
-        finally:
-            # Counted before the channel closes: closing the last receiver drops its buffer.
-            unwritten = len(batch) + records.statistics().current_buffer_used
-            if unwritten:
+                    await self.store(batch)
+                    batch = []
+            finally:
+                # Counted and saved before the channel closes: closing the last receiver
+                # drops its buffer.
+                leftover = batch + _drain(records)
+                with trio.CancelScope(shield=True):
+                    if leftover:
+                        await self._spool(leftover)
+                        log.warning(
+                            "%d usage records could not be written before the writer stopped; "
+                            "they are in the spool and will be written at the next start",
+                            len(leftover),
+                            extra={"spooled": len(leftover), "spool": str(self.spool.directory)},
+                        )
+                    else:
+                        log.info(
+                            "log writer stopped; every record written",
+                            extra={"written": self.written},
+                        )
+                    await trio.to_thread.run_sync(self.spool.close)
+
+    async def _next_batch(
+        self, records: trio.MemoryReceiveChannel[RequestRecord]
+    ) -> list[RequestRecord]:
+        try:
+            batch = [await records.receive()]
+        except trio.EndOfChannel:
+            return []
+        deadline = trio.current_time() + self.max_delay
+        with trio.move_on_at(deadline):
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(records.receive_nowait())  # what is there, without yielding
+                    continue
+                except trio.WouldBlock:
+                    pass
+                except trio.EndOfChannel:
+                    break
+                try:
+                    batch.append(await records.receive())
+                except trio.EndOfChannel:
+                    break
+        return batch
+
+    # -- storing --------------------------------------------------------------------------
+
+    async def store(self, batch: list[RequestRecord]) -> None:
+        """Insert a batch, or spool it if the database is unreachable."""
+        if trio.current_time() < self._down_until:
+            await self._spool(batch)
+            return
+        if await self._insert(batch):
+            if self._retry_delay != FIRST_RETRY_DELAY:
+                log.info("database reachable again; writing spooled records")
+            self._retry_delay = FIRST_RETRY_DELAY
+            if self.spool.has_pending():
+                await self.replay()
+        else:
+            await self._spool(batch)
+
+    async def _insert(self, batch: list[RequestRecord]) -> bool:
+        """True once the batch is in the database; False if the database is unreachable."""
+        try:
+            extras = await self.enrich(batch)
+            started = time.perf_counter()
+            await self.db.insert_records(batch, extras)
+        except DatabaseUnavailable as exc:
+            self._down_until = trio.current_time() + self._retry_delay
+            log.warning(
+                "cannot write usage records, spooling them; next attempt in %.1fs: %s",
+                self._retry_delay,
+                exc,
+                extra={"records": len(batch)},
+            )
+            self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+            return False
+        except asyncpg.PostgresError as exc:
+            # The content, not the connection: find the row(s) the database refuses.
+            log.error("a batch of usage records was refused (%s); retrying row by row", exc)
+            return await self._insert_one_by_one(batch)
+        self.metrics.write_latency.observe(time.perf_counter() - started)
+        self.metrics.batches_written += 1
+        self.metrics.rows_written += len(batch)
+        self.written += len(batch)
+        return True
+
+    async def _insert_one_by_one(self, batch: list[RequestRecord]) -> bool:
+        for record in batch:
+            try:
+                await self.db.insert_records([record], await self.enrich([record]))
+            except asyncpg.PostgresError as exc:
+                self.metrics.records_quarantined += 1
                 log.error(
-                    "%d usage records were not written before the log writer stopped",
-                    unwritten,
-                    extra={"unwritten": unwritten, "written": written},
+                    "usage record %s was refused by the database and set aside in %s: %s",
+                    record.id,
+                    self.spool.directory,
+                    exc,
                 )
+                await trio.to_thread.run_sync(self.spool.quarantine_records, [record], str(exc))
             else:
-                log.info("log writer stopped; every record written", extra={"written": written})
+                self.metrics.rows_written += 1
+                self.written += 1
+        return True
+
+    async def enrich(self, batch: list[RequestRecord]) -> list[RowExtras]:
+        """What each row adds to its record: its stored bodies (and, soon, its cost)."""
+        stored = [NO_BODIES] * len(batch)
+        if not isinstance(self.bodies, NoBodyStore):
+            # One task per record: uploads run side by side in the store's worker threads.
+            async def store(i: int, record: RequestRecord) -> None:
+                stored[i] = await self.bodies.store(record)
+
+            async with trio.open_nursery() as nursery:
+                for i, record in enumerate(batch):
+                    if record.exchange is not None:
+                        nursery.start_soon(store, i, record)
+        return [
+            RowExtras(
+                request_body=b.request_body,
+                response_body=b.response_body,
+                body_s3_key=b.s3_key,
+            )
+            for b in stored
+        ]
+
+    async def _spool(self, batch: list[RequestRecord]) -> None:
+        self.spool.append(batch, sync=False)
+        await trio.to_thread.run_sync(self.spool.sync)
+        self.metrics.records_spooled += len(batch)
+
+    async def replay(self) -> None:
+        """Write every spooled record to the database, oldest file first."""
+        files = self.spool.take_for_replay()
+        for path in files:
+            count = 0
+            quarantined = self.spool.quarantined
+            for batch in self.spool.read(path, self.max_batch):
+                if not await self._insert(batch):
+                    return  # still unreachable: the file stays for the next replay
+                count += len(batch)
+            self.metrics.records_quarantined += self.spool.quarantined - quarantined
+            self.spool.done(path)
+            self.metrics.records_replayed += count
+            if count:
+                log.info("replayed %d spooled usage records from %s", count, path.name)
 
 
-async def _write(db: Database, batch: list[RequestRecord]) -> None:
-    delay = FIRST_RETRY_DELAY
+def _drain(records: trio.MemoryReceiveChannel[RequestRecord]) -> list[RequestRecord]:
+    drained = []
     while True:
         try:
-            await db.insert_records(batch)
-            return
-        except DatabaseUnavailable as exc:
-            log.warning(
-                "cannot write %d usage records, retrying in %.1fs: %s", len(batch), delay, exc
-            )
-        await trio.sleep(delay)
-        delay = min(delay * 2, MAX_RETRY_DELAY)
+            drained.append(records.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return drained

@@ -45,8 +45,10 @@ from majordomo import providers
 from majordomo.auth import KeyCache
 from majordomo.config import Settings
 from majordomo.errors import DatabaseUnavailable, Unauthorized
+from majordomo.metrics import Metrics
 from majordomo.providers import PROVIDER_NAMES, ProviderModule, RequestInfo
-from majordomo.records import RequestRecord, Usage
+from majordomo.records import Exchange, RequestRecord, Usage
+from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.proxy")
 
@@ -85,6 +87,10 @@ CLIENT_CLOSED_REQUEST = 499
 # Bounds on what is kept in memory to read usage or an error message from a response.
 MAX_USAGE_BODY = 64 * 1024 * 1024
 MAX_ERROR_MESSAGE = 2000
+# Limits on the caller's X-Majordomo-* metadata kept per request.
+MAX_METADATA_KEYS = 32
+MAX_METADATA_NAME = 128
+MAX_METADATA_VALUE = 1024
 # After a client disconnects mid-response, how long the upstream may take to finish (seconds).
 DISCONNECT_GRACE = 0.5
 
@@ -116,7 +122,10 @@ class ProxyContext:
     keys: KeyCache
     records: trio.MemorySendChannel[RequestRecord]
     upstreams: Upstreams
+    spool: Spool
+    metrics: Metrics
     timeout: dict[str, float | None] = field(init=False)
+    keep_bodies: bool = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.settings.providers
@@ -126,6 +135,7 @@ class ProxyContext:
             write=p.idle_timeout,
             pool=p.connect_timeout,
         ).as_dict()
+        self.keep_bodies = self.settings.logging.body_storage != "none"
 
 
 class _ClientTooSlow(Exception):
@@ -199,15 +209,30 @@ def credential_hash(headers: RawHeaders, query: bytes) -> str | None:
     return hashlib.sha256(secret.strip()).hexdigest() if secret else None
 
 
-def metadata_from(headers: RawHeaders) -> dict[str, str]:
-    """Every `X-Majordomo-*` header but the key and the provider, prefix cut, name lower-case."""
+def metadata_from(headers: RawHeaders) -> tuple[dict[str, str], int]:
+    """Every `X-Majordomo-*` header but the key and the provider, prefix cut, name lower-case.
+
+    Bounded, so one caller cannot bloat every row: at most `MAX_METADATA_KEYS` entries, names
+    up to `MAX_METADATA_NAME`, values cut at `MAX_METADATA_VALUE` characters. Returns the
+    metadata and how many entries were dropped or cut (never an error to the client).
+    """
     metadata: dict[str, str] = {}
+    dropped = 0
     for key, value in headers:
-        if key.startswith(METADATA_PREFIX) and key not in (KEY_HEADER, PROVIDER_HEADER):
-            metadata[key[len(METADATA_PREFIX) :].decode("latin-1")] = value.decode(
-                "utf-8", "replace"
-            )
-    return metadata
+        if not key.startswith(METADATA_PREFIX) or key in (KEY_HEADER, PROVIDER_HEADER):
+            continue
+        name = key[len(METADATA_PREFIX) :].decode("latin-1")
+        if len(name) > MAX_METADATA_NAME or (
+            len(metadata) >= MAX_METADATA_KEYS and name not in metadata
+        ):
+            dropped += 1
+            continue
+        text = value.decode("utf-8", "replace")
+        if len(text) > MAX_METADATA_VALUE:
+            text = text[:MAX_METADATA_VALUE]
+            dropped += 1
+        metadata[name] = text
+    return metadata, dropped
 
 
 def upstream_headers(headers: RawHeaders) -> list[tuple[bytes, bytes]]:
@@ -301,6 +326,11 @@ class ProxyRequest:
         self.streamed = False
         self.client_gone = False
         self.completed = False
+        # Kept for body storage only (logging.body_storage), capped at max_body_size:
+        self.request_body = b""
+        self.response_headers: RawHeaders = []
+        self.captured = bytearray()
+        self.captured_all = True
 
     # -- the request ----------------------------------------------------------------------
 
@@ -308,7 +338,7 @@ class ProxyRequest:
         try:
             self._detect_provider()
             self.key_id = await self._authenticate()
-            body = await self._read_body()
+            body = self.request_body = await self._read_body()
         except _Reply as reply:
             await self._reply(reply.status, reply.message)
             return
@@ -483,6 +513,13 @@ class ProxyRequest:
 
         kept = bytearray()  # non-stream bodies, to read usage or the error message at the end
         keep_limit = MAX_USAGE_BODY if ok else MAX_ERROR_MESSAGE * 4
+        logging_settings = self.ctx.settings.logging
+        capture_limit = (
+            logging_settings.max_body_size
+            if self.ctx.keep_bodies and logging_settings.store_response_body
+            else -1
+        )
+        self.response_headers = response.headers.raw
         try:
             # aclosing: a relay cut short (client gone, timeout) closes the generator at once.
             async with aclosing(cast(AsyncGenerator[bytes], response.aiter_raw())) as upstream:
@@ -496,6 +533,10 @@ class ProxyRequest:
                         out = raw
                         if len(kept) < keep_limit:
                             kept += data
+                    if capture_limit >= 0:
+                        room = capture_limit - len(self.captured)
+                        self.captured += data[: max(room, 0)]
+                        self.captured_all = self.captured_all and len(data) <= room
                     if out:
                         await self._write(
                             {"type": "http.response.body", "body": out, "more_body": True}
@@ -539,6 +580,29 @@ class ProxyRequest:
             )
             raise _ClientTooSlow from None
 
+    def _exchange(self, status: int) -> Exchange | None:
+        """The full exchange, for body storage (secrets are redacted by the body store)."""
+        if not self.ctx.keep_bodies:
+            return None
+        limit = self.ctx.settings.logging.max_body_size
+        keep_request = self.ctx.settings.logging.store_request_body
+        return Exchange(
+            method=self.method,
+            path=self.path,
+            query=self.scope["query_string"].decode("latin-1"),
+            request_headers=tuple(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers
+            ),
+            request_body=self.request_body[:limit] if keep_request else b"",
+            response_status=status,
+            response_headers=tuple(
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self.response_headers
+            ),
+            response_body=bytes(self.captured),
+            request_truncated=keep_request and len(self.request_body) > limit,
+            response_truncated=not self.captured_all,
+        )
+
     # -- the record -----------------------------------------------------------------------
 
     def _record(self) -> None:
@@ -549,6 +613,8 @@ class ProxyRequest:
             status = CLIENT_CLOSED_REQUEST
             error = error or "client disconnected before the response was complete"
         model = self.model or (self.info.model if self.info else None) or "unknown"
+        metadata, dropped = metadata_from(self.headers)
+        self.ctx.metrics.metadata_dropped += dropped
         record = RequestRecord(
             id=self.id,
             api_key_id=self.key_id,
@@ -566,18 +632,17 @@ class ProxyRequest:
             provider_api_key_hash=credential_hash(self.headers, self.scope["query_string"]),
             provider_api_key_alias=_alias(self.headers),
             error_message=error,
-            raw_metadata=metadata_from(self.headers),
+            raw_metadata=metadata,
+            exchange=self._exchange(status),
         )
+        self.ctx.metrics.observe_request(self.provider, status, time.perf_counter() - self.t0)
         try:
             self.ctx.records.send_nowait(record)
         except trio.WouldBlock:
-            log.error(
-                "usage log queue is full; record dropped",
-                extra={
-                    "request_id": str(self.id),
-                    "queue_size": self.ctx.settings.logging.queue_size,
-                },
-            )
+            # The writer is behind by logging.queue_size records: keep this one on disk
+            # (a buffered append, no waiting); the writer replays it.
+            self.ctx.spool.append([record], sync=False)
+            self.ctx.metrics.records_spooled += 1
 
 
 def _alias(headers: RawHeaders) -> str | None:

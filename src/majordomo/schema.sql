@@ -78,3 +78,56 @@ CREATE TABLE IF NOT EXISTS llm_requests_metadata_keys (
 );
 
 INSERT INTO majordomo_schema (version) VALUES (1) ON CONFLICT (version) DO NOTHING;
+
+-- Version 2: a HyperLogLog sketch per metadata key, so approx_cardinality is exact to a few
+-- percent whatever the number of gateways writing, and survives restarts. 256 one-byte
+-- registers; merging is a register-wise max, so writers can merge in any order, twice even.
+ALTER TABLE llm_requests_metadata_keys ADD COLUMN IF NOT EXISTS approx_hll bytea;
+
+CREATE OR REPLACE FUNCTION majordomo_hll_merge(a bytea, b bytea) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    merged bytea := a;
+BEGIN
+    IF a IS NULL OR length(a) <> length(b) THEN
+        RETURN b;
+    END IF;
+    IF b IS NULL THEN
+        RETURN a;
+    END IF;
+    FOR i IN 0 .. length(b) - 1 LOOP
+        IF get_byte(b, i) > get_byte(merged, i) THEN
+            merged := set_byte(merged, i, get_byte(b, i));
+        END IF;
+    END LOOP;
+    RETURN merged;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION majordomo_hll_estimate(h bytea) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    m double precision;
+    total double precision := 0;
+    zeros integer := 0;
+    estimate double precision;
+BEGIN
+    IF h IS NULL OR length(h) = 0 THEN
+        RETURN 0;
+    END IF;
+    m := length(h);
+    FOR i IN 0 .. length(h) - 1 LOOP
+        total := total + power(2.0, -get_byte(h, i));
+        IF get_byte(h, i) = 0 THEN
+            zeros := zeros + 1;
+        END IF;
+    END LOOP;
+    estimate := (0.7213 / (1 + 1.079 / m)) * m * m / total;
+    IF estimate <= 2.5 * m AND zeros > 0 THEN
+        estimate := m * ln(m / zeros);  -- linear counting is better for small sets
+    END IF;
+    RETURN round(estimate);
+END
+$$;
+
+INSERT INTO majordomo_schema (version) VALUES (2) ON CONFLICT (version) DO NOTHING;

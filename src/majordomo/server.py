@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+from pathlib import Path
 
 import trio
 import trio_asyncio
@@ -28,11 +28,14 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from majordomo.app import GatewayState, create_app
 from majordomo.auth import KeyCache
+from majordomo.bodystore import open_body_store
 from majordomo.config import PostgresSettings, Settings
 from majordomo.db import describe, open_database
-from majordomo.logwriter import run_log_writer
+from majordomo.logwriter import LogWriter
+from majordomo.metrics import Metrics
 from majordomo.proxy import new_http_client
 from majordomo.records import RequestRecord
+from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.server")
 
@@ -111,7 +114,22 @@ async def run_gateway(
                 ttl=settings.auth.cache_ttl,
                 negative_ttl=settings.auth.negative_cache_ttl,
             )
-            state = GatewayState(settings=settings, db=db, http=http, records=send, keys=keys)
+            spool = Spool(Path(settings.logging.spool_dir))
+            bodies = open_body_store(settings)
+            metrics = Metrics(
+                queue_depth=lambda: receive.statistics().current_buffer_used,
+                body_uploads_failed=lambda: bodies.failed_uploads,
+            )
+            state = GatewayState(
+                settings=settings,
+                db=db,
+                http=http,
+                records=send,
+                keys=keys,
+                spool=spool,
+                metrics=metrics,
+                bodies=bodies,
+            )
             await _supervise(state, receive, shutdown_trigger, background_tasks, task_status)
     log.info("stopped")
 
@@ -148,7 +166,8 @@ async def _supervise(
                     )
                 writers.cancel_scope.deadline = trio.current_time() + settings.logging.drain_timeout
 
-            await writers.start(partial(run_log_writer, state.db, receive))
+            writer = LogWriter(state.db, state.spool, state.metrics, bodies=state.bodies)
+            await writers.start(writer.run, receive)
             state.bound_urls = await writers.start(serve_then_close)
             log.info("listening on %s", ", ".join(state.bound_urls))
             task_status.started(state)

@@ -14,6 +14,7 @@ import trio
 
 from majordomo.cli.common import ConfigOption, JsonFlag, prepare, print_json, run_with_database
 from majordomo.cli.keys import keys_app
+from majordomo.cli.metadata import metadata_app
 from majordomo.db import Database
 from majordomo.errors import MajordomoError, sole_error
 
@@ -22,6 +23,7 @@ app = cyclopts.App(
     help="An LLM API gateway that records exact usage and cost in PostgreSQL.",
 )
 app.command(keys_app)
+app.command(metadata_app)
 
 db_app = cyclopts.App(name="db", help="Manage the database schema.")
 app.command(db_app)
