@@ -59,6 +59,8 @@ async def start_gateway(
                 "MAJORDOMO_SERVER_HOST": "127.0.0.1",
                 "MAJORDOMO_SERVER_PORT": "0",
                 "MAJORDOMO_LOGGING_FORMAT": "json",
+                # Tests never reach the internet: prices come from the bundled table.
+                "MAJORDOMO_PRICING_REMOTE_URL": "",
                 **env,
             }
         ),

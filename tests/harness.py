@@ -72,6 +72,7 @@ async def running_gateway(
     values: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "logging": {"spool_dir": spool_dir},
+        "pricing": {"remote_url": ""},  # tests never reach the internet: bundled prices
         "providers": {
             "openai": {"base_url": upstream_url},
             "anthropic": {"base_url": upstream_url},

@@ -63,7 +63,7 @@ def test_json_output_for_scripts(run) -> None:  # type: ignore[no-untyped-def]
     revoked = run("keys", "revoke", key_id, "--json").json()
     assert revoked["is_active"] is False
     assert revoked["revoked_at"]
-    assert run("db", "migrate", "--json").json() == {"schema_version": 2}
+    assert run("db", "migrate", "--json").json() == {"schema_version": 3}
 
 
 def test_list_when_empty_says_how_to_create_one(run) -> None:  # type: ignore[no-untyped-def]
@@ -154,5 +154,5 @@ def test_config_flag_points_at_a_file(run, tmp_path: Path) -> None:  # type: ign
 
 
 def test_migrate_is_idempotent(run) -> None:  # type: ignore[no-untyped-def]
-    assert run("db", "migrate").out.strip() == "Schema is at version 2."
-    assert run("db", "migrate").out.strip() == "Schema is at version 2."
+    assert run("db", "migrate").out.strip() == "Schema is at version 3."
+    assert run("db", "migrate").out.strip() == "Schema is at version 3."

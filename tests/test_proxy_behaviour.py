@@ -421,3 +421,34 @@ async def test_200_concurrent_mixed_requests_give_200_rows_and_no_5xx(
     rows = await gateway.rows(200)
     assert {r["status_code"] for r in rows} == {200}
     assert all(r["input_tokens"] > 0 and r["output_tokens"] > 0 for r in rows)
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+async def test_rows_are_priced_and_stream_and_plain_cost_the_same(
+    client: httpx.AsyncClient, fake: FakeUpstream, gateway: Gateway
+) -> None:
+    from decimal import Decimal
+
+    from majordomo.pricing import PriceBook
+    from majordomo.records import Usage
+
+    await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-4o-2024-08-06"})
+    await client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "gpt-4o-2024-08-06", "stream": True}
+    )
+    await client.post("/v1/chat/completions", json={**CHAT, "model": "no-such-model-x"})
+    plain, streamed, unknown = await gateway.rows(3)
+    assert fake.calls[0].usage is not None
+    usage = fake.calls[0].usage
+    expected = PriceBook().cost("openai", "gpt-4o-2024-08-06", usage, plain["requested_at"])
+    assert expected.found
+    assert expected.total_cost > 0
+    for row in (plain, streamed):
+        assert row["model_alias_found"] is True
+        assert row["input_cost"] == expected.input_cost
+        assert row["output_cost"] == expected.output_cost
+        assert row["total_cost"] == expected.total_cost == row["input_cost"] + row["output_cost"]
+    assert (unknown["model_alias_found"], unknown["total_cost"]) == (False, Decimal(0))
+    assert Usage(unknown["input_tokens"]) != Usage()  # counted, just not priced

@@ -24,6 +24,7 @@ def gateway_settings() -> Settings:
         {
             "server": {"host": "127.0.0.1", "port": 0},
             "logging": {"drain_timeout": "60s", "spool_dir": tempfile.mkdtemp(prefix="mdm-")},
+            "pricing": {"remote_url": ""},  # no internet in tests
         }
     )
 

@@ -23,6 +23,7 @@ from majordomo.config import Settings
 from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable
 from majordomo.metrics import Metrics
+from majordomo.pricing import PriceBook
 from majordomo.proxy import ProxyContext, Receive, Scope, Send, Upstreams, handle_proxy
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
@@ -43,6 +44,7 @@ class GatewayState:
     spool: Spool
     metrics: Metrics
     bodies: BodyStore
+    prices: PriceBook
     shutting_down: bool = False
     bound_urls: list[str] = field(default_factory=list)
 

@@ -232,12 +232,34 @@ class S3Settings:
     secret_access_key: str = _setting("", parse_str, "secret key")
 
 
+def _parse_price_overrides(raw: Any) -> Any:
+    from majordomo.pricing import parse_overrides  # imported when used: pricing is large
+
+    return parse_overrides(raw)
+
+
 @dataclass(frozen=True)
 class PricingSettings:
     remote_url: str = _setting(
-        "https://www.llm-prices.com/current-v1.json", parse_str, "price table to refresh from"
+        "https://www.llm-prices.com/current-v1.json",
+        parse_str,
+        "price table to refresh from (genai-prices data.json or llm-prices current-v1.json); "
+        "empty: bundled prices only",
     )
     refresh_interval: float = _setting(3600.0, parse_duration, "how often prices are refreshed")
+    refresh_timeout: float = _setting(
+        30.0, parse_duration, "longest one refresh may take; the last good table is kept"
+    )
+    # A mapping, not a scalar: {model: {input, output, cache_read, cache_write}} in USD per
+    # 1M tokens; in the environment, the same as a JSON object.
+    overrides: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "parse": _parse_price_overrides,
+            "doc": "negotiated prices per 1M tokens, winning over every other source",
+            "mapping": True,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -306,6 +328,7 @@ class SettingSpec:
     default: Any
     parse: Callable[[Any], Any]
     doc: str
+    mapping: bool = False  # its value is a mapping (YAML) or a JSON object (environment)
 
     @property
     def env_name(self) -> str:
@@ -321,7 +344,16 @@ def _walk(cls: type, prefix: str) -> Iterator[SettingSpec]:
     for f in dataclasses.fields(cls):
         key = prefix + f.name
         if "parse" in f.metadata:
-            yield SettingSpec(key, f.default, f.metadata["parse"], f.metadata["doc"])
+            default = f.default
+            if default is dataclasses.MISSING:  # a mapping setting: its factory builds it
+                default = f.default_factory()  # type: ignore[operator]
+            yield SettingSpec(
+                key,
+                default,
+                f.metadata["parse"],
+                f.metadata["doc"],
+                f.metadata.get("mapping", False),
+            )
         else:
             yield from _walk(f.default_factory, key + ".")  # type: ignore[arg-type]
 
@@ -335,7 +367,7 @@ OTHER_ENV_NAMES = frozenset({"MAJORDOMO_CONFIG", "MAJORDOMO_TEST_DSN"})
 def _flatten(mapping: Mapping[str, Any], prefix: str, source: str) -> Iterator[tuple[str, Any]]:
     for name, value in mapping.items():
         key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and not (key in SPECS and SPECS[key].mapping):
             yield from _flatten(value, key + ".", source)
         elif key in SPECS:
             yield key, value

@@ -35,7 +35,7 @@ from majordomo.records import RequestRecord
 log = logging.getLogger("majordomo.db")
 
 # The version recorded by the last statement of schema.sql.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Any two gateways migrating at once serialise on this advisory lock ("mdm" in ASCII).
 _MIGRATE_LOCK_ID = 0x6D646D
 # Keys changed (revoked, renamed) are announced here so every gateway drops its cached entry.

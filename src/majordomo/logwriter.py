@@ -5,7 +5,7 @@ Theory of operation
 Request handlers `send_nowait` finished `RequestRecord`s into a bounded memory channel (and,
 when it is full, append them to the local spool: see `spool.py`). This task takes records in
 batches — up to `MAX_BATCH` rows, or whatever arrived within `MAX_DELAY` of the first — prices
-them, stores their bodies, and inserts each batch in one round trip (`Database.insert_records`,
+them (`pricing.PriceBook`, off the request path), stores their bodies, and inserts each batch in one round trip (`Database.insert_records`,
 which also moves the key and metadata counters, exactly once per row).
 
 When PostgreSQL is unreachable, the batch goes to the spool (fsync'ed) and the writer stops
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal
 
 import asyncpg
 import trio
@@ -34,12 +35,14 @@ from majordomo.bodystore import BodyStore, NoBodyStore, StoredBodies
 from majordomo.db import Database, RowExtras
 from majordomo.errors import DatabaseUnavailable
 from majordomo.metrics import Metrics
+from majordomo.pricing import Cost, PriceBook
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.logwriter")
 
 NO_BODIES = StoredBodies()
+NO_COST = Cost(Decimal(0), Decimal(0), Decimal(0), found=False, source="none")
 
 # One round trip writes at most this many rows...
 MAX_BATCH = 500
@@ -58,6 +61,7 @@ class LogWriter:
         metrics: Metrics,
         *,
         bodies: BodyStore | None = None,
+        prices: PriceBook | None = None,
         max_batch: int = MAX_BATCH,
         max_delay: float = MAX_DELAY,
     ) -> None:
@@ -65,6 +69,7 @@ class LogWriter:
         self.spool = spool
         self.metrics = metrics
         self.bodies = bodies or NoBodyStore()
+        self.prices = prices
         self.max_batch = max_batch
         self.max_delay = max_delay
         self._down_until = 0.0  # while the database is unreachable: when to try it again
@@ -195,7 +200,7 @@ class LogWriter:
         return True
 
     async def enrich(self, batch: list[RequestRecord]) -> list[RowExtras]:
-        """What each row adds to its record: its stored bodies (and, soon, its cost)."""
+        """What each row adds to its record: its cost and its stored bodies."""
         stored = [NO_BODIES] * len(batch)
         if not isinstance(self.bodies, NoBodyStore):
             # One task per record: uploads run side by side in the store's worker threads.
@@ -206,14 +211,25 @@ class LogWriter:
                 for i, record in enumerate(batch):
                     if record.exchange is not None:
                         nursery.start_soon(store, i, record)
-        return [
-            RowExtras(
-                request_body=b.request_body,
-                response_body=b.response_body,
-                body_s3_key=b.s3_key,
+        extras = []
+        for record, b in zip(batch, stored, strict=True):
+            cost = (
+                self.prices.cost(record.provider, record.model, record.usage, record.requested_at)
+                if self.prices is not None
+                else NO_COST
             )
-            for b in stored
-        ]
+            extras.append(
+                RowExtras(
+                    input_cost=cost.input_cost,
+                    output_cost=cost.output_cost,
+                    total_cost=cost.total_cost,
+                    model_alias_found=cost.found,
+                    request_body=b.request_body,
+                    response_body=b.response_body,
+                    body_s3_key=b.s3_key,
+                )
+            )
+        return extras
 
     async def _spool(self, batch: list[RequestRecord]) -> None:
         self.spool.append(batch, sync=False)

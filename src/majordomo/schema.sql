@@ -39,9 +39,9 @@ CREATE TABLE IF NOT EXISTS llm_requests (
     output_tokens           bigint NOT NULL DEFAULT 0,
     cached_tokens           bigint NOT NULL DEFAULT 0,
     cache_creation_tokens   bigint NOT NULL DEFAULT 0,
-    input_cost              numeric(20, 10) NOT NULL DEFAULT 0,
-    output_cost             numeric(20, 10) NOT NULL DEFAULT 0,
-    total_cost              numeric(20, 10) NOT NULL DEFAULT 0,
+    input_cost              numeric NOT NULL DEFAULT 0,
+    output_cost             numeric NOT NULL DEFAULT 0,
+    total_cost              numeric NOT NULL DEFAULT 0,
     status_code             integer NOT NULL,
     error_message           text,
     raw_metadata            jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -131,3 +131,23 @@ END
 $$;
 
 INSERT INTO majordomo_schema (version) VALUES (2) ON CONFLICT (version) DO NOTHING;
+
+-- Version 3: costs at full precision (numeric without a scale). Relaxing a numeric's
+-- typmod rewrites nothing, but takes a lock: only done where the scale is still set.
+DO $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'llm_requests'
+           AND column_name IN ('input_cost', 'output_cost', 'total_cost')
+           AND numeric_scale IS NOT NULL
+    ) THEN
+        ALTER TABLE llm_requests
+            ALTER COLUMN input_cost TYPE numeric,
+            ALTER COLUMN output_cost TYPE numeric,
+            ALTER COLUMN total_cost TYPE numeric;
+    END IF;
+END
+$$;
+
+INSERT INTO majordomo_schema (version) VALUES (3) ON CONFLICT (version) DO NOTHING;

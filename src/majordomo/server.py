@@ -33,6 +33,7 @@ from majordomo.config import PostgresSettings, Settings
 from majordomo.db import describe, open_database
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
+from majordomo.pricing import PriceBook, refresh_prices
 from majordomo.proxy import new_http_client
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
@@ -56,8 +57,20 @@ async def forget_changed_keys(state: GatewayState) -> None:
     await state.db.listen_for_key_changes(on_change)
 
 
+async def refresh_price_table(state: GatewayState) -> None:
+    """Keep prices current from `pricing.remote_url`; the bundled table serves meanwhile."""
+    p = state.settings.pricing
+    await refresh_prices(
+        state.prices,
+        state.http,
+        p.remote_url,
+        interval=p.refresh_interval,
+        timeout=p.refresh_timeout,
+    )
+
+
 # Helpers started next to the server, one line each.
-BACKGROUND_TASKS: Sequence[BackgroundTask] = (forget_changed_keys,)
+BACKGROUND_TASKS: Sequence[BackgroundTask] = (forget_changed_keys, refresh_price_table)
 
 
 async def wait_for_signal() -> None:
@@ -116,6 +129,7 @@ async def run_gateway(
             )
             spool = Spool(Path(settings.logging.spool_dir))
             bodies = open_body_store(settings)
+            prices = PriceBook(settings.pricing.overrides)
             metrics = Metrics(
                 queue_depth=lambda: receive.statistics().current_buffer_used,
                 body_uploads_failed=lambda: bodies.failed_uploads,
@@ -129,6 +143,7 @@ async def run_gateway(
                 spool=spool,
                 metrics=metrics,
                 bodies=bodies,
+                prices=prices,
             )
             await _supervise(state, receive, shutdown_trigger, background_tasks, task_status)
     log.info("stopped")
@@ -166,7 +181,9 @@ async def _supervise(
                     )
                 writers.cancel_scope.deadline = trio.current_time() + settings.logging.drain_timeout
 
-            writer = LogWriter(state.db, state.spool, state.metrics, bodies=state.bodies)
+            writer = LogWriter(
+                state.db, state.spool, state.metrics, bodies=state.bodies, prices=state.prices
+            )
             await writers.start(writer.run, receive)
             state.bound_urls = await writers.start(serve_then_close)
             log.info("listening on %s", ", ".join(state.bound_urls))
