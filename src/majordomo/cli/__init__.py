@@ -16,6 +16,7 @@ from majordomo.cli.common import ConfigOption, JsonFlag, prepare, print_json, ru
 from majordomo.cli.keys import keys_app
 from majordomo.cli.metadata import metadata_app
 from majordomo.cli.pricing import pricing_app
+from majordomo.cli.usage import usage_app
 from majordomo.db import Database
 from majordomo.errors import MajordomoError, sole_error
 
@@ -26,6 +27,7 @@ app = cyclopts.App(
 app.command(keys_app)
 app.command(metadata_app)
 app.command(pricing_app)
+app.command(usage_app)
 
 db_app = cyclopts.App(name="db", help="Manage the database schema.")
 app.command(db_app)
