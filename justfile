@@ -25,3 +25,7 @@ fmt:
 # Apply schema.sql to the configured database.
 migrate:
     uv run majordomo db migrate
+
+# Benchmark the gateway against a fast local upstream (`--quick` for a smoke check, `--help`).
+bench *args:
+    uv run python -m benchmarks.bench "$@"
