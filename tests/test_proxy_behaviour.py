@@ -452,3 +452,16 @@ async def test_rows_are_priced_and_stream_and_plain_cost_the_same(
         assert row["total_cost"] == expected.total_cost == row["input_cost"] + row["output_cost"]
     assert (unknown["model_alias_found"], unknown["total_cost"]) == (False, Decimal(0))
     assert Usage(unknown["input_tokens"]) != Usage()  # counted, just not priced
+
+
+async def test_client_giving_up_before_the_answer_stops_the_upstream_request(
+    client: httpx.AsyncClient, fake: FakeUpstream, gateway: Gateway
+) -> None:
+    with trio.move_on_after(0.5):  # the client's own timeout, while the provider "thinks"
+        await client.post("/v1/chat/completions", json=CHAT, headers={"X-Fake-Delay": "30"})
+    (row,) = await gateway.rows(1)
+    assert row["status_code"] == 499
+    assert row["error_message"] == "client disconnected before the response was complete"
+    with trio.fail_after(10):
+        await fake.calls[0].ended.wait()
+    assert fake.calls[0].disconnected

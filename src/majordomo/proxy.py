@@ -326,6 +326,7 @@ class ProxyRequest:
         self.streamed = False
         self.client_gone = False
         self.completed = False
+        self.response_started = False
         # Kept for body storage only (logging.body_storage), capped at max_body_size:
         self.request_body = b""
         self.response_headers: RawHeaders = []
@@ -451,29 +452,31 @@ class ProxyRequest:
             content=info.body,
             extensions={"timeout": self.ctx.timeout},
         )
-        sent_at = time.perf_counter()
-        try:
-            response = await self.ctx.http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            self._upstream_failed(504, f"{self.provider} did not answer in time ({_describe(exc)})")
-            await self._reply(self.status, self.error_message or "")
-            return
-        except httpx.HTTPError as exc:
-            self._upstream_failed(502, f"cannot reach {self.provider}: {_describe(exc)}")
-            await self._reply(self.status, self.error_message or "")
-            return
-        self.upstream_ms = (time.perf_counter() - sent_at) * 1000
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_for_disconnect, nursery.cancel_scope)
+        # The watcher runs from the moment the request goes upstream: a client that gives up
+        # while the provider is still thinking stops the upstream request too.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_for_disconnect, nursery.cancel_scope)
+            sent_at = time.perf_counter()
+            try:
+                response = await self.ctx.http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                self._upstream_failed(
+                    504, f"{self.provider} did not answer in time ({_describe(exc)})"
+                )
+            except httpx.HTTPError as exc:
+                self._upstream_failed(502, f"cannot reach {self.provider}: {_describe(exc)}")
+            else:
+                self.upstream_ms = (time.perf_counter() - sent_at) * 1000
                 try:
                     await self._relay(response, info)
                 except _ClientTooSlow:
                     self.client_gone = True
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await response.aclose()
+            nursery.cancel_scope.cancel()
+        if self.status in (502, 504) and not self.response_started:
+            await self._reply(self.status, self.error_message or "")
 
     def _upstream_failed(self, status: int, message: str) -> None:
         self.status = status
@@ -507,6 +510,7 @@ class ProxyRequest:
         overhead_ms = (time.perf_counter() - self.t0) * 1000 - self.upstream_ms
         headers.append((b"x-request-id", str(self.id).encode()))
         headers.append((b"x-majordomo-overhead-ms", f"{overhead_ms:.2f}".encode()))
+        self.response_started = True
         await self._write(
             {"type": "http.response.start", "status": self.status, "headers": headers}
         )
