@@ -41,6 +41,9 @@ async def test_serve_with_nothing_configured_uses_an_embedded_database(tmp_path:
         "(no storage.postgres.host configured)"
     ]
     assert (tmp_path / ".majordomo" / "pgdata" / "PG_VERSION").exists()
+    # Start-up is serialised by a lock beside the data directory, owned by whoever runs it
+    # (not a /tmp file shared by every user, which root would leave unwritable to others).
+    assert (tmp_path / ".majordomo" / ".pgserver.lock").exists()
     assert messages[-1] == "stopped"
     assert not [e for e in gateway.log if e.get("level") in ("error", "raw")], gateway.log
 

