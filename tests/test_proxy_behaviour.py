@@ -465,3 +465,18 @@ async def test_client_giving_up_before_the_answer_stops_the_upstream_request(
     with trio.fail_after(10):
         await fake.calls[0].ended.wait()
     assert fake.calls[0].disconnected
+
+
+async def test_an_openai_shaped_call_to_another_provider_is_read_as_openai(
+    client: httpx.AsyncClient, fake: FakeUpstream, gateway: Gateway
+) -> None:
+    """Anthropic's and Gemini's OpenAI-compatible APIs: usage is read in OpenAI's format."""
+    response = await client.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Majordomo-Provider": "anthropic"}
+    )
+    assert response.status_code == 200
+    (row,) = await gateway.rows(1)
+    assert fake.calls[0].usage is not None
+    assert row["provider"] == "anthropic"
+    assert row["input_tokens"] == fake.calls[0].usage.input_tokens
+    assert row["model"] == "gpt-4o-mini"

@@ -361,7 +361,10 @@ def _walk(cls: type, prefix: str) -> Iterator[SettingSpec]:
 SPECS: dict[str, SettingSpec] = {spec.key: spec for spec in _walk(Settings, "")}
 ENV_NAMES: dict[str, str] = {spec.env_name: spec.key for spec in SPECS.values()}
 # MAJORDOMO_* names that are read elsewhere, not settings.
-OTHER_ENV_NAMES = frozenset({"MAJORDOMO_CONFIG", "MAJORDOMO_TEST_DSN"})
+# (MAJORDOMO_URL and MAJORDOMO_KEY are what docs/getting-started.md's examples read.)
+OTHER_ENV_NAMES = frozenset(
+    {"MAJORDOMO_CONFIG", "MAJORDOMO_TEST_DSN", "MAJORDOMO_URL", "MAJORDOMO_KEY"}
+)
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str, source: str) -> Iterator[tuple[str, Any]]:

@@ -356,9 +356,6 @@ class ProxyRequest:
 
     def _detect_provider(self) -> None:
         detected = providers.detect_provider(self.path)
-        if detected is not None:
-            self.provider = detected
-            self.module = providers.get_provider(detected)
         override = _header(self.headers, PROVIDER_HEADER)
         if override is not None:
             name = override.decode("latin-1").strip().lower()
@@ -369,14 +366,21 @@ class ProxyRequest:
                     f"{', '.join(PROVIDER_NAMES)}",
                 )
             self.provider = name
-            self.module = providers.get_provider(name)
-        elif detected is None:
+        elif detected is not None:
+            self.provider = detected
+        else:
             raise _Reply(
                 404,
                 f"no provider serves {self.path}: Majordomo forwards /v1/... (OpenAI), "
                 "/v1/messages (Anthropic) and .../models/MODEL:generateContent (Gemini); "
                 "set X-Majordomo-Provider to choose one",
             )
+        # The wire format follows the path, the upstream follows the provider: Gemini's
+        # OpenAI-compatible API (/v1beta/openai/...) and an OpenAI-shaped path sent to another
+        # provider (Anthropic's /v1/chat/completions) speak OpenAI's format.
+        if "/openai/" in self.path:
+            detected = "openai"
+        self.module = providers.get_provider(detected or self.provider)
 
     async def _authenticate(self) -> uuid.UUID:
         raw = _header(self.headers, KEY_HEADER)
