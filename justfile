@@ -29,3 +29,20 @@ migrate:
 # Benchmark the gateway against a fast local upstream (`--quick` for a smoke check, `--help`).
 bench *args:
     uv run python -m benchmarks.bench "$@"
+
+# Build the container image with podman (BASE_IMAGE: any python3.11 Debian-like image; the
+# default is the one `just container-base` builds, for machines without registry access).
+# Uses scripts/containers.conf (runc, ulimits 1024) when the hard open-files limit is below
+# podman's default, as on the development sandbox; `--format docker` keeps the HEALTHCHECK.
+container base="localhost/majordomo-base:bookworm" tag="localhost/majordomo:latest":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    hard="$(ulimit -Hn)"
+    if [ -z "${CONTAINERS_CONF:-}" ] && [ "$hard" != unlimited ] && [ "$hard" -lt 1048576 ]; then
+        export CONTAINERS_CONF="{{justfile_directory()}}/scripts/containers.conf"
+    fi
+    podman build --format docker --build-arg BASE_IMAGE={{base}} -t {{tag}} -f Containerfile .
+
+# Build the local base image (Debian bookworm + python3) with mmdebstrap, no registry needed.
+container-base tag="localhost/majordomo-base:bookworm":
+    scripts/podman-build-base.sh {{tag}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -166,3 +167,29 @@ async def test_background_tasks_are_cancelled_after_the_writer_drains(pg: PgAdmi
         )
         stop.set()
     assert events == ["helper stopped after the log channel closed"]
+
+
+async def test_start_up_waits_for_a_database_that_comes_up_late(pg: PgAdmin) -> None:
+    stop, started = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
+        relay.cut()
+        async with trio.open_nursery() as gateways:
+
+            async def start_gateway() -> None:
+                await gateways.start(
+                    partial(
+                        run_gateway, gateway_settings(), relay.settings, shutdown_trigger=stop.wait
+                    )
+                )
+                started.set()
+
+            gateways.start_soon(start_gateway)
+            with trio.move_on_after(1):
+                await started.wait()
+            assert not started.is_set()  # still waiting for the database, not crashed
+            relay.restore()
+            with trio.fail_after(20):
+                await started.wait()
+            stop.set()
+        nursery.cancel_scope.cancel()  # the relay

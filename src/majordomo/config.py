@@ -186,6 +186,9 @@ class StorageSettings:
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
     auto_migrate: bool = _setting(True, parse_bool, "apply schema.sql when serve starts")
+    startup_wait: float = _setting(
+        60.0, parse_duration, "how long serve waits for an unreachable database at start-up"
+    )
 
 
 @dataclass(frozen=True)

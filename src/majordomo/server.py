@@ -31,6 +31,7 @@ from majordomo.auth import KeyCache
 from majordomo.bodystore import open_body_store
 from majordomo.config import PostgresSettings, Settings
 from majordomo.db import describe, open_database
+from majordomo.errors import DatabaseUnavailable
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook, refresh_prices
@@ -97,6 +98,28 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
+async def wait_for_database(
+    postgres: PostgresSettings, *, create_database: bool, wait: float
+) -> None:
+    """Return once PostgreSQL accepts a connection; give up after `wait` seconds.
+
+    Orchestrators often start the gateway beside its database: waiting a little beats a
+    crash loop. Past `wait`, the last error stops start-up.
+    """
+    deadline = trio.current_time() + wait
+    delay = 0.25
+    while True:
+        try:
+            async with open_database(postgres, create_database=create_database, min_size=1):
+                return
+        except DatabaseUnavailable as exc:
+            if trio.current_time() + delay > deadline:
+                raise
+            log.warning("waiting for the database (%s); retrying in %.2gs", exc, delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 async def run_gateway(
     settings: Settings,
     postgres: PostgresSettings,
@@ -111,41 +134,49 @@ async def run_gateway(
     `task_status.started` receives the running `GatewayState` once the server listens; its
     `bound_urls` say where.
     """
-    async with (
-        trio_asyncio.open_loop(),
-        open_database(postgres, create_database=create_database) as db,
-    ):
-        if settings.storage.auto_migrate:
-            version = await db.migrate()
-            log.info("schema is at version %d", version, extra={"database": describe(postgres)})
-        async with new_http_client(settings) as http:
-            # Capacity from logging.queue_size; when it is full the handler is told at once
-            # (send_nowait) and never waits for the database.
-            send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)
-            keys = KeyCache(
-                db.find_key,
-                ttl=settings.auth.cache_ttl,
-                negative_ttl=settings.auth.negative_cache_ttl,
-            )
-            spool = Spool(Path(settings.logging.spool_dir))
-            bodies = open_body_store(settings)
-            prices = PriceBook(settings.pricing.overrides)
-            metrics = Metrics(
-                queue_depth=lambda: receive.statistics().current_buffer_used,
-                body_uploads_failed=lambda: bodies.failed_uploads,
-            )
-            state = GatewayState(
-                settings=settings,
-                db=db,
-                http=http,
-                records=send,
-                keys=keys,
-                spool=spool,
-                metrics=metrics,
-                bodies=bodies,
-                prices=prices,
-            )
-            await _supervise(state, receive, shutdown_trigger, background_tasks, task_status)
+    async with trio_asyncio.open_loop():
+        await wait_for_database(
+            postgres, create_database=create_database, wait=settings.storage.startup_wait
+        )
+        async with open_database(postgres, create_database=create_database) as db:
+            if settings.storage.auto_migrate:
+                version = await db.migrate()
+                log.info("schema is at version %d", version, extra={"database": describe(postgres)})
+            async with new_http_client(settings) as http:
+                # Capacity from logging.queue_size; when it is full the handler is told at once
+                # (send_nowait) and never waits for the database.
+                send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)
+                keys = KeyCache(
+                    db.find_key,
+                    ttl=settings.auth.cache_ttl,
+                    negative_ttl=settings.auth.negative_cache_ttl,
+                )
+                spool = Spool(Path(settings.logging.spool_dir))
+                bodies = open_body_store(settings)
+                prices = PriceBook(settings.pricing.overrides)
+                metrics = Metrics(
+                    queue_depth=lambda: receive.statistics().current_buffer_used,
+                    body_uploads_failed=lambda: bodies.failed_uploads,
+                )
+                state = GatewayState(
+                    settings=settings,
+                    db=db,
+                    http=http,
+                    records=send,
+                    keys=keys,
+                    spool=spool,
+                    metrics=metrics,
+                    bodies=bodies,
+                    prices=prices,
+                )
+                try:
+                    await _supervise(
+                        state, receive, shutdown_trigger, background_tasks, task_status
+                    )
+                finally:
+                    # After the writer: it is the body store's last user.
+                    with trio.CancelScope(shield=True):
+                        await bodies.aclose()
     log.info("stopped")
 
 
