@@ -291,3 +291,20 @@ async def test_metrics_report_requests_and_the_pipeline(gateway: Gateway) -> Non
     assert metrics['majordomo_request_duration_seconds_count{provider="openai"}'] == 5
     assert metrics["majordomo_log_queue_depth"] == 0
     assert "# TYPE majordomo_request_duration_seconds histogram" in response.text
+
+
+async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_written(
+    pg: PgAdmin, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = [a_record(n) for n in range(3)]
+    orphan = dataclasses.replace(a_record(99), api_key_id=uuid.uuid4())  # no such key: FK
+    (spool / PENDING).write_bytes(b"".join(encode(r) for r in [*good, orphan]))
+    async with running_gateway(pg, fake.base_url, spool_dir=str(spool)) as gw:
+        rows = await gw.rows(3)
+        metrics = await scrape(gw)
+    assert sorted(r["input_tokens"] for r in rows) == [0, 1, 2]
+    (set_aside,) = (spool / QUARANTINE).read_bytes().splitlines()
+    assert json.loads(set_aside)["id"] == str(orphan.id)
+    assert metrics["majordomo_log_quarantined_total"] == 1

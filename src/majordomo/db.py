@@ -29,7 +29,7 @@ from trio_asyncio import aio_as_trio
 from majordomo import sketch
 from majordomo.auth import KeyStatus
 from majordomo.config import PostgresSettings
-from majordomo.errors import DatabaseUnavailable, MajordomoError
+from majordomo.errors import DatabaseUnavailable, MajordomoError, RowsRefused
 from majordomo.records import RequestRecord
 
 log = logging.getLogger("majordomo.db")
@@ -176,6 +176,8 @@ class Database:
     async def _call(self, method: str, query: str, *args: Any) -> Any:
         try:
             return await aio_as_trio(getattr(self._pool, method))(query, *args)
+        except asyncpg.DataError:
+            raise  # a value the driver cannot encode: the caller's problem, not the network's
         except _UNREACHABLE as exc:
             raise DatabaseUnavailable(
                 f"cannot reach {describe(self._settings)}: {exc or type(exc).__name__}"
@@ -413,6 +415,8 @@ class Database:
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
             # Two writers updated the same counters; the statement rolled back whole.
             raise DatabaseUnavailable(f"write conflict, will retry: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.DataError) as exc:
+            raise RowsRefused(str(exc)) from exc
         return int(inserted)
 
     # -- pricing (owned by the pricing module) ---

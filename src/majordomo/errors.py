@@ -4,6 +4,7 @@
      │                          what happened and what to do
      ├── ConfigError            a setting has a value that is not allowed
      ├── DatabaseUnavailable    PostgreSQL cannot be reached (readiness, CLI, auth fallback)
+     ├── RowsRefused            PostgreSQL refuses usage rows for their content (log writer)
      └── Unauthorized           a request's Majordomo key is missing, unknown or revoked
 
 Add a class only when some code catches it.
@@ -20,6 +21,10 @@ class ConfigError(MajordomoError):
 
 class DatabaseUnavailable(MajordomoError):
     """PostgreSQL could not be reached or did not answer in time."""
+
+
+class RowsRefused(MajordomoError):
+    """The database refused to store usage rows for what they hold, not for a lost connection."""
 
 
 class Unauthorized(MajordomoError):

@@ -28,12 +28,11 @@ import logging
 import time
 from decimal import Decimal
 
-import asyncpg
 import trio
 
 from majordomo.bodystore import BodyStore, NoBodyStore, StoredBodies
 from majordomo.db import Database, RowExtras
-from majordomo.errors import DatabaseUnavailable
+from majordomo.errors import DatabaseUnavailable, RowsRefused
 from majordomo.metrics import Metrics
 from majordomo.pricing import Cost, PriceBook
 from majordomo.records import RequestRecord
@@ -171,7 +170,7 @@ class LogWriter:
             )
             self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
             return False
-        except asyncpg.PostgresError as exc:
+        except RowsRefused as exc:
             # The content, not the connection: find the row(s) the database refuses.
             log.error("a batch of usage records was refused (%s); retrying row by row", exc)
             return await self._insert_one_by_one(batch)
@@ -185,7 +184,9 @@ class LogWriter:
         for record in batch:
             try:
                 await self.db.insert_records([record], await self.enrich([record]))
-            except asyncpg.PostgresError as exc:
+            except DatabaseUnavailable:
+                return False  # the whole batch is spooled; rows already in are skipped later
+            except RowsRefused as exc:
                 self.metrics.records_quarantined += 1
                 log.error(
                     "usage record %s was refused by the database and set aside in %s: %s",
