@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from majordomo.config import PostgresSettings
+from tests.fakeupstream import FakeUpstream
 from tests.pghelpers import PgAdmin, embedded_server_settings, settings_from_dsn
 
 # The S3-protocol server (moto) on loopback and a fresh bucket per test.
@@ -48,3 +50,10 @@ def pg(pg_server: PostgresSettings) -> Iterator[PgAdmin]:
         yield admin.for_database(name)
     finally:
         admin.drop_database(name)
+
+
+@pytest.fixture
+async def fake(nursery: trio.Nursery) -> FakeUpstream:
+    """A fake provider (all three wire formats) on a loopback port, for this test."""
+    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
+    return served

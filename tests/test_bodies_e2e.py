@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import trio
 
 from tests.fakeupstream import FakeUpstream
 from tests.harness import Gateway, running_gateway
@@ -18,12 +16,6 @@ from tests.pghelpers import PgAdmin
 from tests.s3server import S3Bucket
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Lumière 東京 🚀 " * 20}]}
-
-
-@pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeUpstream:
-    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
-    return served
 
 
 def encode(body: Any) -> bytes:

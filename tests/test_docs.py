@@ -173,12 +173,6 @@ def test_the_guide_names_every_header_the_readme_documents() -> None:
 
 
 @pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeUpstream:
-    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
-    return served
-
-
-@pytest.fixture
 async def gateway(pg: PgAdmin, fake: FakeUpstream) -> AsyncIterator[Gateway]:
     async with running_gateway(pg, fake.base_url) as gw:
         yield gw

@@ -26,12 +26,6 @@ from tests.test_server import a_record
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeUpstream:
-    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
-    return served
-
-
 async def fire(
     gw_url: str,
     key: str,

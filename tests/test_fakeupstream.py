@@ -40,12 +40,6 @@ MESSAGES: Any = [{"role": "user", "content": "What is the capital of France?"}]
 GEMINI_MODEL = "gemini-2.5-flash"
 
 
-@pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeUpstream:
-    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
-    return served
-
-
 async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await trio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
 

@@ -20,12 +20,6 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeUpstream:
-    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
-    return served
-
-
-@pytest.fixture
 async def gateway(pg: PgAdmin, fake: FakeUpstream) -> AsyncIterator[Gateway]:
     async with running_gateway(pg, fake.base_url) as gw:
         yield gw

@@ -36,12 +36,6 @@ async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 @pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeUpstream:
-    served: FakeUpstream = await nursery.start(FakeUpstream().serve)
-    return served
-
-
-@pytest.fixture
 async def gateway(pg: PgAdmin, fake: FakeUpstream) -> AsyncIterator[Gateway]:
     async with running_gateway(pg, fake.base_url) as gw:
         yield gw
