@@ -302,3 +302,35 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_written(
     (set_aside,) = (spool / QUARANTINE).read_bytes().splitlines()
     assert json.loads(set_aside)["id"] == str(orphan.id)
     assert metrics["majordomo_log_quarantined_total"] == 1
+
+
+async def test_two_gateways_merge_their_metadata_sketches(
+    pg: PgAdmin, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """Distinct values are counted across processes: overlapping sets count once."""
+    async with (
+        running_gateway(pg, fake.base_url, spool_dir=str(tmp_path / "a")) as a,
+        running_gateway(pg, fake.base_url, spool_dir=str(tmp_path / "b")) as b,
+    ):
+        key = a.key  # one API key, used through both gateways
+
+        async def send(gw: Gateway, users: range) -> None:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"X-Majordomo-Key": key}) as c:
+                for n in users:
+                    headers = {"X-Majordomo-Team": f"team-{n}"}
+                    response = await c.post("/v1/chat/completions", json=CHAT, headers=headers)
+                    assert response.status_code == 200
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, a, range(0, 120))  # teams 0..119 through one gateway,
+            nursery.start_soon(send, b, range(80, 200))  # 80..199 through the other
+        await a.rows(240, deadline=30)
+    row = (
+        await pg.afetch(
+            "SELECT * FROM llm_requests_metadata_keys WHERE key_name = 'team' "
+            "AND majordomo_api_key_id = $1",
+            a.key_id,
+        )
+    )[0]
+    assert row["request_count"] == 240
+    assert 180 <= row["approx_cardinality"] <= 220  # 200 distinct teams, ±10 %
