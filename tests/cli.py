@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -39,3 +40,14 @@ def majordomo(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -
         check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: Result, message: str) -> None:
+    """Exit status 1, nothing on stdout, and one `majordomo: …` line matching `message`."""
+    assert result.code == 1, result
+    assert result.out == ""
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("majordomo: ")
+    assert re.search(message, lines[0]), lines[0]

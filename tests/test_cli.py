@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from majordomo.auth import hash_key
-from tests.cli import Result, majordomo
+from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
 
 
@@ -17,16 +17,6 @@ def run(pg: PgAdmin, tmp_path: Path):  # type: ignore[no-untyped-def]
         return majordomo(*args, env={**pg.env, **env}, cwd=tmp_path)
 
     return run
-
-
-def assert_one_line_error(result: Result, message: str) -> None:
-    assert result.code == 1, result
-    assert result.out == ""
-    assert "Traceback" not in result.err
-    lines = result.err.strip().splitlines()
-    assert lines == [lines[-1]], result.err
-    assert lines[-1].startswith("majordomo: ")
-    assert re.search(message, lines[-1]), lines[-1]
 
 
 def test_create_prints_the_key_once_and_stores_only_its_hash(run, pg: PgAdmin) -> None:  # type: ignore[no-untyped-def]

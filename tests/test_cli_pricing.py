@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,43 +18,14 @@ import trio_asyncio
 from majordomo.cli.pricing import recalculate_costs, render_report
 from majordomo.db import open_database
 from majordomo.pricing import ModelPrice, PriceBook
-from tests.cli import Result, child_env, majordomo
+from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
 
 M = 1_000_000
 
-# `majordomo` with the pricing commands registered, whether or not cli/__init__ does it yet.
-_MAIN = """
-import sys
-from majordomo.cli import app, main
-from majordomo.cli.pricing import pricing_app
-if "pricing" not in app:
-    app.command(pricing_app)
-main(sys.argv[1:])
-"""
-
 
 def pricing_cli(*args: str, env: dict[str, str], cwd: Path) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-c", _MAIN, "pricing", *args],
-        env=child_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def assert_one_line_error(result: Result, message: str) -> None:
-    assert result.code == 1, result
-    assert result.out == ""
-    assert "Traceback" not in result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("majordomo: ")
-    assert re.search(message, lines[0]), lines[0]
+    return majordomo("pricing", *args, env=env, cwd=cwd)
 
 
 # -- show -----------------------------------------------------------------------------------

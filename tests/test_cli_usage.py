@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,41 +28,12 @@ from majordomo.cli.usage import (
 )
 from majordomo.db import open_database
 from majordomo.errors import MajordomoError
-from tests.cli import Result, child_env
+from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
-
-# `majordomo` with the usage command registered, whether or not cli/__init__ does it yet.
-_MAIN = """
-import sys
-from majordomo.cli import app, main
-from majordomo.cli.usage import usage_app
-if "usage" not in app:
-    app.command(usage_app)
-main(sys.argv[1:])
-"""
 
 
 def usage_cli(pg: PgAdmin, cwd: Path, *args: str) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-c", _MAIN, "usage", *args],
-        env=child_env(pg.env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def assert_one_line_error(result: Result, message: str) -> None:
-    assert result.code == 1, result
-    assert result.out == ""
-    assert "Traceback" not in result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("majordomo: ")
-    assert re.search(message, lines[0]), lines[0]
+    return majordomo("usage", *args, env=pg.env, cwd=cwd)
 
 
 # -- seeded rows ----------------------------------------------------------------------------
