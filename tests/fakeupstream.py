@@ -46,7 +46,6 @@ import logging
 import re
 import signal
 import struct
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -432,7 +431,7 @@ def answer(
 ) -> Reply:
     """What the fake answers to a request, computed without a server.
 
-    Pure but for the `created` timestamps. The header controls that shape the answer apply
+    Pure: even the `created` timestamps derive from the request. The header controls that shape the answer apply
     (`X-Fake-Status`, `X-Fake-Message`, `X-Fake-Chunks`); those about timing and encoding
     only matter to `FakeUpstream.serve`.
     """
@@ -551,6 +550,12 @@ def _model_of(payload: Json) -> str:
 # --------------------------------------------------------------------------------- OpenAI
 
 
+def _timestamp(plan: _Plan) -> int:
+    """A plausible Unix time derived from the request, so equal requests get equal answers
+    (a clock would make two calls straddling a second differ)."""
+    return 1_750_000_000 + int(plan.tag[:5], 16)
+
+
 def _openai_usage(plan: _Plan) -> Json:
     """Chat / completions usage: cache reads inside prompt, reasoning inside completion."""
     return {
@@ -589,7 +594,7 @@ def _openai_chat(call: Call, payload: Json, controls: _Controls) -> Reply:
     model = _model_of(payload)
     plan = _Plan.of(payload, controls.chunks)
     ident = f"chatcmpl-Fake{plan.tag}"
-    created = int(time.time())
+    created = _timestamp(plan)
     if payload.get("stream") is not True:
         body = {
             "id": ident,
@@ -648,7 +653,7 @@ def _openai_completions(call: Call, payload: Json, controls: _Controls) -> Reply
     model = _model_of(payload)
     plan = _Plan.of(payload, controls.chunks)
     ident = f"cmpl-Fake{plan.tag}"
-    created = int(time.time())
+    created = _timestamp(plan)
     if payload.get("stream") is not True:
         body = {
             "id": ident,
@@ -756,7 +761,7 @@ def _openai_responses(call: Call, payload: Json, controls: _Controls) -> Reply:
         return {
             "id": ident,
             "object": "response",
-            "created_at": int(time.time()),
+            "created_at": _timestamp(plan),
             "status": status,
             "background": False,
             "error": None,
