@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -111,8 +112,6 @@ def assert_row(
     )
     assert row["provider_api_key_hash"] == sha(credential)
     assert row["error_message"] is None
-    import json
-
     assert json.loads(row["raw_metadata"]) == {"user-id": "user_123", "feature": "chat"}
     assert row["response_time_ms"] >= 0
     assert row["time_to_first_byte_ms"] is not None

@@ -73,7 +73,6 @@ class LogWriter:
         self.max_delay = max_delay
         self._down_until = 0.0  # while the database is unreachable: when to try it again
         self._retry_delay = FIRST_RETRY_DELAY
-        self.written = 0
 
     # -- the task -------------------------------------------------------------------------
 
@@ -111,7 +110,7 @@ class LogWriter:
                     else:
                         log.info(
                             "log writer stopped; every record written",
-                            extra={"written": self.written},
+                            extra={"written": self.metrics.rows_written},
                         )
                     await trio.to_thread.run_sync(self.spool.close)
 
@@ -177,7 +176,6 @@ class LogWriter:
         self.metrics.write_latency.observe(time.perf_counter() - started)
         self.metrics.batches_written += 1
         self.metrics.rows_written += len(batch)
-        self.written += len(batch)
         return True
 
     async def _insert_one_by_one(self, batch: list[RequestRecord]) -> bool:
@@ -197,7 +195,6 @@ class LogWriter:
                 await trio.to_thread.run_sync(self.spool.quarantine_records, [record], str(exc))
             else:
                 self.metrics.rows_written += 1
-                self.written += 1
         return True
 
     async def enrich(self, batch: list[RequestRecord]) -> list[RowExtras]:

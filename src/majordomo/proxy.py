@@ -27,6 +27,7 @@ connection as soon as it has read `data: [DONE]`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -35,6 +36,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -151,10 +153,9 @@ class _Reply(Exception):
         self.message = message
 
 
-def new_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one upstream client: no default headers, no cookie jar, no redirects."""
-    from http.cookiejar import CookieJar, DefaultCookiePolicy
-
+def new_http_client() -> httpx.AsyncClient:
+    """The one upstream client: no default headers, a cookie jar that keeps nothing, no
+    redirects."""
     client = httpx.AsyncClient(
         timeout=None,
         follow_redirects=False,
@@ -271,8 +272,6 @@ def error_message_from(body: bytes) -> str:
     """A bounded, readable error message from a provider's error body."""
     text = body[: MAX_ERROR_MESSAGE * 4].decode("utf-8", "replace").strip()
     try:
-        import json
-
         payload = json.loads(body)
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):

@@ -142,7 +142,7 @@ async def run_gateway(
             if settings.storage.auto_migrate:
                 version = await db.migrate()
                 log.info("schema is at version %d", version, extra={"database": describe(postgres)})
-            async with new_http_client(settings) as http:
+            async with new_http_client() as http:
                 # Capacity from logging.queue_size; when it is full the handler is told at once
                 # (send_nowait) and never waits for the database.
                 send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)

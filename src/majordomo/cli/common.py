@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,10 +45,8 @@ def prepare(config_path: Path | None, *, log_level: str | None = None) -> Contex
     """Load settings, set up the process log, start the embedded server when configured so."""
     settings = config.load(config_path)
     configure_logging(log_level or settings.logging.level, settings.logging.format)
-    unknown = config.unknown_env_names(dict(__import__("os").environ))
+    unknown = config.unknown_env_names(os.environ)
     if unknown:
-        import logging
-
         logging.getLogger("majordomo.config").warning(
             "ignoring environment variables that name no setting: %s", ", ".join(unknown)
         )
