@@ -159,6 +159,8 @@ class Call:
     status: int = 0
     disconnected: bool = False
     ended: trio.Event = field(default_factory=trio.Event, repr=False, compare=False)
+    # The request target's path exactly as it arrived (percent-encoding kept).
+    raw_path: str = ""
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (any case), or None."""
@@ -215,6 +217,7 @@ class FakeUpstream:
         call = Call(
             method=scope["method"],
             path=scope["path"],
+            raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
             query=scope["query_string"].decode("latin-1"),
             headers=[
                 (name.decode("latin-1").lower(), value.decode("latin-1"))
@@ -470,7 +473,7 @@ def _route(method: str, path: str) -> tuple[str, _Builder] | None:
         if _GEMINI_PATH.fullmatch(path):
             return "gemini", _gemini
     if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
-        return "openai", _openai_models
+        return "openai", _models
     return None
 
 
@@ -835,9 +838,60 @@ def _openai_responses(call: Call, payload: Json, controls: _Controls) -> Reply:
 
 
 _MODEL_IDS = ("gpt-4o-mini", "gpt-5-mini", "text-embedding-3-small", "o4-mini")
+_CLAUDE_IDS = ("claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001")
+_GEMINI_IDS = ("gemini-2.5-flash", "gemini-2.5-pro")
 
 
-def _openai_models(call: Call, payload: Any, controls: _Controls) -> Reply:
+def _models(call: Call, payload: Any, controls: _Controls) -> Reply:
+    """`GET /v1/models[/{id}]` in the shape of whichever provider's client is asking."""
+    if call.header("anthropic-version") is not None:
+        return _anthropic_models(call)
+    if call.header("x-goog-api-key") is not None or "key=" in call.query:
+        return _gemini_models(call)
+    return _openai_models(call)
+
+
+def _anthropic_models(call: Call) -> Reply:
+    def entry(model: str) -> Json:
+        return {
+            "type": "model",
+            "id": model,
+            "display_name": model.replace("-", " ").title(),
+            "created_at": "2025-09-29T00:00:00Z",
+        }
+
+    if call.path == "/v1/models":
+        page = {
+            "data": [entry(m) for m in _CLAUDE_IDS],
+            "has_more": False,
+            "first_id": _CLAUDE_IDS[0],
+            "last_id": _CLAUDE_IDS[-1],
+        }
+        return Reply(200, _json_headers(_JSON), _compact(page))
+    model = call.path.removeprefix("/v1/models/")
+    return Reply(200, _json_headers(_JSON), _compact(entry(model)), model=model)
+
+
+def _gemini_models(call: Call) -> Reply:
+    def entry(model: str) -> Json:
+        return {
+            "name": f"models/{model}",
+            "version": "001",
+            "displayName": model.replace("-", " ").title(),
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+        }
+
+    if call.path == "/v1/models":
+        return Reply(
+            200, _json_headers(_GEMINI_JSON), _pretty({"models": [entry(m) for m in _GEMINI_IDS]})
+        )
+    model = call.path.removeprefix("/v1/models/")
+    return Reply(200, _json_headers(_GEMINI_JSON), _pretty(entry(model)), model=model)
+
+
+def _openai_models(call: Call) -> Reply:
     def entry(model: str) -> Json:
         return {"id": model, "object": "model", "created": 1715367049, "owned_by": "system"}
 
@@ -1058,6 +1112,8 @@ _Builder = Callable[[Call, Any, _Controls], Reply]
 
 _POST_ROUTES: dict[str, _Builder] = {
     "/v1/chat/completions": _openai_chat,
+    # Gemini's OpenAI-compatible API speaks OpenAI's wire format.
+    "/v1beta/openai/chat/completions": _openai_chat,
     "/v1/completions": _openai_completions,
     "/v1/embeddings": _openai_embeddings,
     "/v1/responses": _openai_responses,

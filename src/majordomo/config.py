@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from dotenv import dotenv_values
@@ -122,9 +123,23 @@ def one_of(*choices: str) -> Callable[[Any], str]:
 
 
 def url(raw: Any) -> str:
+    """An upstream base URL: scheme, host, optional port and path prefix, nothing else.
+
+    Credentials, a query or a fragment in it would be mixed into every request's URL (a
+    `user:password@` part becomes an `Authorization: Basic` header), so they are refused.
+    """
     value = parse_str(raw).strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError("expected an http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("expected an http:// or https:// URL with a valid host and port") from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError("expected a URL without user:password@ (credentials go in headers)")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("expected a URL without ?query or #fragment")
     return value
 
 

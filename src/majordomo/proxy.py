@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import httpx
 import trio
@@ -97,22 +97,85 @@ MAX_METADATA_VALUE = 1024
 DISCONNECT_GRACE = 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One provider's configured base URL, split once into the parts every request reuses.
+
+    The scheme, host and port of every upstream URL come from here and nowhere else: the
+    request's own path is appended to `prefix` as bytes, never parsed for an authority.
+    """
+
+    scheme: str
+    host: str
+    port: int | None
+    prefix: bytes  # the base URL's path, without a trailing slash (b"" for none)
+
+    @classmethod
+    def parse(cls, base_url: str) -> Upstream:
+        url = httpx.URL(base_url)
+        return cls(url.scheme, url.host, url.port, url.raw_path.split(b"?", 1)[0].rstrip(b"/"))
+
+    def url(self, target: bytes) -> httpx.URL:
+        """The upstream URL for an origin-form request target (path and query, as received)."""
+        return httpx.URL(
+            scheme=self.scheme, host=self.host, port=self.port, raw_path=self.prefix + target
+        )
+
+
 @dataclass
 class Upstreams:
-    """Base URLs of the providers, from settings."""
+    """The providers' upstreams, from settings."""
 
-    base_urls: dict[str, str]
+    by_provider: dict[str, Upstream]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Upstreams:
         p = settings.providers
         return cls(
             {
-                "openai": p.openai.base_url,
-                "anthropic": p.anthropic.base_url,
-                "gemini": p.gemini.base_url,
+                "openai": Upstream.parse(p.openai.base_url),
+                "anthropic": Upstream.parse(p.anthropic.base_url),
+                "gemini": Upstream.parse(p.gemini.base_url),
             }
         )
+
+
+# Longest piece of a refused request target quoted back in the error message.
+_MAX_QUOTED_TARGET = 80
+
+
+def check_target(method: str, raw_path: bytes) -> str | None:
+    """Why a request target cannot be forwarded (a message for a 400), or None if it can.
+
+    Only origin-form targets are forwarded: a path that starts with a single `/`. Whatever
+    could make the upstream read another authority or climb out of the base URL's path
+    prefix is refused rather than repaired: CONNECT, absolute-form (`http://host/...`) and
+    other non-path targets, a leading `//`, backslashes, and dot-segments (`.` and `..`,
+    percent-encoded too, since an upstream may decode before it normalises). Everything else,
+    `@`, `%2F` and `%40` included, is an ordinary path character once the authority is fixed,
+    and goes upstream as received.
+    """
+    shown = raw_path[:_MAX_QUOTED_TARGET].decode("latin-1")
+    if method == "CONNECT":
+        return (
+            "CONNECT is not supported: Majordomo is an API gateway, not a forward proxy; "
+            "send the provider's API path (e.g. POST /v1/chat/completions)"
+        )
+    if not raw_path.startswith(b"/") or raw_path.startswith(b"//"):
+        return (
+            f"the request target {shown!r} is not a path: send the provider's API path, "
+            "starting with a single / (e.g. /v1/chat/completions); Majordomo is not a "
+            "forward proxy"
+        )
+    decoded = unquote_to_bytes(raw_path)
+    if b"\\" in decoded:
+        return f"the request path {shown!r} contains a backslash, which no provider API uses"
+    if any(segment in (b".", b"..") for segment in decoded.split(b"/")):
+        return (
+            f"the request path {shown!r} contains a dot-segment ('.' or '..'); Majordomo "
+            "forwards paths as received and refuses ones that could leave the provider's API"
+        )
+    return None
 
 
 @dataclass
@@ -315,6 +378,7 @@ class ProxyRequest:
         self.provider = "openai"
         self.key_id: uuid.UUID | None = None
         self.info: RequestInfo | None = None
+        self.upstream_url: httpx.URL | None = None  # the configured host + the path as received
         # Filled while relaying:
         self.status = 0
         self.model: str | None = None
@@ -354,7 +418,7 @@ class ProxyRequest:
             self._record()
 
     def _detect_provider(self) -> None:
-        detected = providers.detect_provider(self.path)
+        # An explicit provider is read first: even a refusal below speaks its error shape.
         override = _header(self.headers, PROVIDER_HEADER)
         if override is not None:
             name = override.decode("latin-1").strip().lower()
@@ -365,21 +429,23 @@ class ProxyRequest:
                     f"{', '.join(PROVIDER_NAMES)}",
                 )
             self.provider = name
-        elif detected is not None:
+            self.module = providers.get_provider(providers.wire_format(self.path, name))
+        raw_path: bytes = self.scope.get("raw_path") or self.path.encode()
+        refused = check_target(self.method, raw_path)
+        if refused is not None:
+            raise _Reply(400, refused)
+        query = self.scope["query_string"]
+        if override is None:
+            detected = providers.detect_provider(self.path, self.headers, query)
+            if detected is None:
+                raise _Reply(404, _not_served(self.path))
             self.provider = detected
-        else:
-            raise _Reply(
-                404,
-                f"no provider serves {self.path}: Majordomo forwards /v1/... (OpenAI), "
-                "/v1/messages (Anthropic) and .../models/MODEL:generateContent (Gemini); "
-                "set X-Majordomo-Provider to choose one",
-            )
-        # The wire format follows the path, the upstream follows the provider: Gemini's
-        # OpenAI-compatible API (/v1beta/openai/...) and an OpenAI-shaped path sent to another
-        # provider (Anthropic's /v1/chat/completions) speak OpenAI's format.
-        if "/openai/" in self.path:
-            detected = "openai"
-        self.module = providers.get_provider(detected or self.provider)
+            self.module = providers.get_provider(providers.wire_format(self.path, detected))
+        target = raw_path + b"?" + query if query else raw_path
+        try:
+            self.upstream_url = self.ctx.upstreams.by_provider[self.provider].url(target)
+        except httpx.InvalidURL as exc:  # check_target passes only what a URL holds; still
+            raise _Reply(400, f"the request target cannot be forwarded: {exc}") from None
 
     async def _authenticate(self) -> uuid.UUID:
         raw = _header(self.headers, KEY_HEADER)
@@ -440,17 +506,11 @@ class ProxyRequest:
 
     # -- forwarding -----------------------------------------------------------------------
 
-    def _upstream_url(self) -> str:
-        base = self.ctx.upstreams.base_urls[self.provider]
-        raw_path = self.scope.get("raw_path") or self.path.encode()
-        url = base + raw_path.decode("latin-1")
-        query = self.scope["query_string"]
-        return url + "?" + query.decode("latin-1") if query else url
-
     async def _forward(self, info: RequestInfo) -> None:
+        assert self.upstream_url is not None  # set by _detect_provider
         request = httpx.Request(
             self.method,
-            self._upstream_url(),
+            self.upstream_url,
             headers=upstream_headers(self.headers),
             content=info.body,
             extensions={"timeout": self.ctx.timeout},
@@ -468,6 +528,9 @@ class ProxyRequest:
                 )
             except httpx.HTTPError as exc:
                 self._upstream_failed(502, f"cannot reach {self.provider}: {_describe(exc)}")
+            except Exception as exc:  # a bug, or something httpx does not map: still a 502 row
+                log.exception("forwarding to %s failed", self.provider)
+                self._upstream_failed(502, f"cannot forward to {self.provider}: {_describe(exc)}")
             else:
                 self.upstream_ms = (time.perf_counter() - sent_at) * 1000
                 try:
@@ -619,6 +682,9 @@ class ProxyRequest:
         if self.client_gone and not self.completed:
             status = CLIENT_CLOSED_REQUEST
             error = error or "client disconnected before the response was complete"
+        elif status == 0:  # forwarded, yet no status was set: never store a status 0
+            status = 502
+            error = error or f"no answer was received from {self.provider}"
         model = self.model or (self.info.model if self.info else None) or "unknown"
         metadata, dropped = metadata_from(self.headers)
         self.ctx.metrics.metadata_dropped += dropped
@@ -650,6 +716,17 @@ class ProxyRequest:
             # (a buffered append, no waiting); the writer replays it.
             self.ctx.spool.append([record], sync=False)
             self.ctx.metrics.records_spooled += 1
+
+
+def _not_served(path: str) -> str:
+    hint = providers.misrouted_hint(path)
+    if hint is not None:
+        return f"no provider serves {path}: {hint}"
+    return (
+        f"no provider serves {path}: Majordomo forwards /v1/... (OpenAI), "
+        "/v1/messages (Anthropic) and .../models/MODEL:generateContent (Gemini); "
+        "set X-Majordomo-Provider to choose one"
+    )
 
 
 def _alias(headers: RawHeaders) -> str | None:

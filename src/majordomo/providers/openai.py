@@ -41,8 +41,9 @@ from majordomo.sse import SSEDecoder
 
 NAME = "openai"
 
-# Streaming endpoints that honour `stream_options.include_usage`.
-_USAGE_OPTION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Streaming endpoints that honour `stream_options.include_usage`, under whatever prefix the
+# serving provider puts its OpenAI-compatible API (`/v1/`, Gemini's `/v1beta/openai/`).
+_USAGE_OPTION_PATHS = ("/chat/completions", "/completions")
 # Inserted right after the body's opening brace, so the rest of the body is untouched.
 _INCLUDE_USAGE_MEMBER = b'"stream_options":{"include_usage":true},'
 # What `include_usage` adds to every chunk but the usage one (OpenAI writes compact JSON).
@@ -81,7 +82,7 @@ def request_info(
         return RequestInfo(model=None, stream=False, body=body)
     model = get_str(payload, "model")
     stream = payload.get("stream") is True
-    if stream and inject_stream_usage and path.rstrip("/") in _USAGE_OPTION_PATHS:
+    if stream and inject_stream_usage and path.rstrip("/").endswith(_USAGE_OPTION_PATHS):
         injected = _inject_include_usage(body, payload)
         if injected is not None:
             return RequestInfo(model=model, stream=True, body=injected, strip_usage_chunk=True)
