@@ -21,6 +21,7 @@ from tests.gateway import start_gateway
 from tests.harness import Gateway, create_key, running_gateway
 from tests.netcut import PgRelay
 from tests.pghelpers import PgAdmin
+from tests.poll import wait_until
 from tests.test_server import a_record
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -334,3 +335,26 @@ async def test_two_gateways_merge_their_metadata_sketches(
     )[0]
     assert row["request_count"] == 240
     assert 180 <= row["approx_cardinality"] <= 220  # 200 distinct teams, ±10 %
+
+
+async def test_an_idle_gateway_writes_its_spool_once_the_database_is_back(
+    pg: PgAdmin, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
+        async with running_gateway(
+            pg, fake.base_url, postgres=relay.settings, spool_dir=str(tmp_path / "spool")
+        ) as gw:
+            await fire(gw.url, gw.key, 1)  # the key is cached from here on
+            relay.cut()
+            answered = await fire(gw.url, gw.key, 20)
+            await wait_until(
+                lambda: gw.state.metrics.records_spooled >= 20,
+                deadline=30,
+                what="20 records spooled",
+            )
+            relay.restore()
+            # No request comes after the outage: the writer retries the spool on its own.
+            rows = await gw.rows(21, deadline=60)
+        nursery.cancel_scope.cancel()
+    assert set(answered) <= {str(r["id"]) for r in rows}

@@ -20,9 +20,10 @@ back (`StoredBodies`) into the record's row: `request_body`/`response_body` in p
   backoff; then it is given up, logged once and counted in `failed_uploads` (for /metrics),
   and the row gets no `body_s3_key`: a key in the database always names an object that exists.
 
-Secrets are never stored. Credential headers (`redact_headers`) and `key=` query parameters
-(`redact_query`) are replaced by `[REDACTED]` before anything is written, and anything shaped
-like a Majordomo key (`mdm_sk_…`) is scrubbed from every stored text, bodies included.
+Secrets are never stored. The proxy already redacted the exchange when it built it
+(`redact.py`); what is written here goes through the same functions once more: credential
+headers and `key=` query parameters become `[REDACTED]`, and anything shaped like a Majordomo
+key or proxy key is masked in every stored text, bodies included.
 Storage failures never raise out of `store()`: losing a body must not lose the usage row.
 
 boto3 lives in this module alone (STYLE.md, "contain the foreign").
@@ -34,44 +35,19 @@ import base64
 import gzip
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Protocol
-from urllib.parse import unquote_plus
 
 import trio
 
 from majordomo.config import Settings
 from majordomo.errors import ConfigError
 from majordomo.records import RequestRecord
+from majordomo.redact import redact_headers, redact_query, scrub_bytes, scrub_text
 
 log = logging.getLogger("majordomo.bodystore")
-
-REDACTED = "[REDACTED]"
-
-# Headers that carry credentials (ours, or the client's provider key, or session cookies).
-# `api-key` is Azure OpenAI's spelling. Other X-Majordomo-* headers are metadata and kept.
-SECRET_HEADERS = frozenset(
-    {
-        "x-majordomo-key",
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        "x-goog-api-key",
-        "api-key",
-        "cookie",
-        "set-cookie",
-    }
-)
-# Query parameters that carry credentials: Gemini's `?key=`, and the spellings other Google and
-# OpenAI-compatible APIs accept for the same purpose.
-SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "access_token"})
-
-# A Majordomo key anywhere in stored text (a client that put it in a body or a wrong header).
-_MAJORDOMO_KEY_RE = re.compile(r"mdm_sk_[A-Za-z0-9_\-]*")
-_MAJORDOMO_KEY_BYTES_RE = re.compile(rb"mdm_sk_[A-Za-z0-9_\-]*")
 
 # Parallel S3 uploads per gateway process. Each holds one worker thread, one pooled HTTP
 # connection and one encoded object (up to about twice logging.max_body_size) in memory.
@@ -86,37 +62,6 @@ READ_TIMEOUT = 10.0
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers: redaction and UTF-8-safe truncation.
-
-
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """`headers` with every credential's value replaced by `[REDACTED]`, order kept.
-
-    Names are compared case-insensitively and returned as given. Besides `SECRET_HEADERS`,
-    any value containing a Majordomo key has it scrubbed.
-    """
-    redacted: list[tuple[str, str]] = []
-    for name, value in headers:
-        if name.lower() in SECRET_HEADERS:
-            redacted.append((name, REDACTED))
-        else:
-            redacted.append((name, _scrub_keys(value)))
-    return redacted
-
-
-def redact_query(query: str) -> str:
-    """`query` with the values of `key=` (and `SECRET_QUERY_PARAMS`) replaced by `[REDACTED]`.
-
-    Everything else stays byte-identical, including order, encoding and empty parameters.
-    Names are compared after percent-decoding, since `k%65y=` reaches Google as `key=`.
-    """
-    if not query:
-        return query
-    parts = query.split("&")
-    for i, part in enumerate(parts):
-        name, sep, _ = part.partition("=")
-        if unquote_plus(name).lower() in SECRET_QUERY_PARAMS:
-            parts[i] = f"{name}={REDACTED}" if sep else name
-    return _scrub_keys("&".join(parts))
 
 
 def truncate_utf8(data: bytes, limit: int) -> tuple[str, bool]:
@@ -164,12 +109,6 @@ def _char_boundary(data: bytes, end: int) -> int:
 def _text(data: bytes) -> str:
     # PostgreSQL text rejects NUL; U+FFFD is what invalid bytes become too.
     return data.decode("utf-8", "replace").replace("\x00", "\ufffd")
-
-
-def _scrub_keys(text: str) -> str:
-    if "mdm_sk_" not in text:
-        return text
-    return _MAJORDOMO_KEY_RE.sub(REDACTED, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +196,7 @@ def body_text(data: bytes, limit: int, already_cut: bool = False) -> str:
         text = _text(data[:end]) + truncation_marker(None)
     else:
         text, _ = truncate_utf8(data, limit)
-    return _scrub_keys(text)
+    return scrub_text(text)
 
 
 class S3BodyStore:
@@ -372,7 +311,7 @@ class S3BodyStore:
         }
         text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
         # Belt and braces: whatever way a Majordomo key took into the document, it ends here.
-        text = _scrub_keys(text)
+        text = scrub_text(text)
         # mtime=0: the same record always compresses to the same bytes.
         return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
 
@@ -383,7 +322,7 @@ class S3BodyStore:
         # the `*_truncated` flags say it was cut, so no marker is added to the text.
         if cut:
             data = data[: _char_boundary(data, min(len(data), self._max))]
-        data = _MAJORDOMO_KEY_BYTES_RE.sub(REDACTED.encode(), data)
+        data = scrub_bytes(data)
         try:
             # JSON escapes NUL and control characters itself: only non-UTF-8 needs base64.
             return {"body": data.decode("utf-8"), "body_encoding": "utf-8"}, cut

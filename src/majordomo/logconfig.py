@@ -1,7 +1,8 @@
 """The process log: one JSON object per line, or a human format on a terminal.
 
 Records carry their `extra={...}` fields into the JSON object, so a log line such as
-`log.info("log writer stopped", extra={"written": 12})` is queryable by field.
+`log.info("log writer stopped", extra={"written": 12})` is queryable by field. Every line is
+run through `redact.scrub_text` last: a Majordomo or proxy key never reaches the log.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from majordomo.redact import scrub_text
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -35,7 +38,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extra(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return scrub_text(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -47,7 +50,7 @@ class TextFormatter(logging.Formatter):
             line += f"  {fields}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return scrub_text(line)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

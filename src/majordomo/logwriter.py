@@ -25,6 +25,7 @@ cancels it, whatever is still queued goes to the spool (shielded), for the next 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from decimal import Decimal
 
@@ -50,6 +51,8 @@ MAX_DELAY = 0.2
 # Pauses between attempts while the database is unreachable: doubling up to a ceiling.
 FIRST_RETRY_DELAY = 0.2
 MAX_RETRY_DELAY = 5.0
+# How long the idle writer's check that the database is back may take (seconds).
+PING_TIMEOUT = 5.0
 
 
 class LogWriter:
@@ -89,7 +92,11 @@ class LogWriter:
             try:
                 await self.replay()
                 while True:
-                    batch = await self._next_batch(records)
+                    next_batch = await self._next_batch(records)
+                    if next_batch is None:  # idle with records waiting in the spool
+                        await self._retry_spool()
+                        continue
+                    batch = next_batch
                     if not batch:
                         break
                     await self.store(batch)
@@ -116,11 +123,23 @@ class LogWriter:
 
     async def _next_batch(
         self, records: trio.MemoryReceiveChannel[RequestRecord]
-    ) -> list[RequestRecord]:
-        try:
-            batch = [await records.receive()]
-        except trio.EndOfChannel:
-            return []
+    ) -> list[RequestRecord] | None:
+        """The next batch; [] once the channel is closed and empty; None when nothing came
+        before it is time to retry the spool (an idle gateway after an outage must not keep
+        its records on disk until the next request)."""
+        wait = (
+            max(self._down_until, trio.current_time() + self._retry_delay)
+            if self.spool.has_pending()
+            else math.inf
+        )
+        batch: list[RequestRecord] = []
+        with trio.move_on_at(wait):
+            try:
+                batch = [await records.receive()]
+            except trio.EndOfChannel:
+                return []
+        if not batch:
+            return None
         deadline = trio.current_time() + self.max_delay
         with trio.move_on_at(deadline):
             while len(batch) < self.max_batch:
@@ -228,6 +247,21 @@ class LogWriter:
                 )
             )
         return extras
+
+    async def _retry_spool(self) -> None:
+        """Replay the spool if the database looks reachable again (a ping first: a replay
+        that fails would only be counted and logged as such)."""
+        try:
+            with trio.fail_after(PING_TIMEOUT):
+                await self.db.ping()
+        except (DatabaseUnavailable, trio.TooSlowError):
+            self._down_until = trio.current_time() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+            return
+        log.info("database reachable again; writing spooled records")
+        self._retry_delay = FIRST_RETRY_DELAY
+        self._down_until = 0.0
+        await self.replay()
 
     async def _spool(self, batch: list[RequestRecord]) -> None:
         self.spool.append(batch, sync=False)

@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import httpx
 import trio
 
-from majordomo import providers
+from majordomo import providers, redact
 from majordomo.auth import KeyCache
 from majordomo.config import Settings
 from majordomo.errors import DatabaseUnavailable, Unauthorized
@@ -291,7 +291,7 @@ def metadata_from(headers: RawHeaders) -> tuple[dict[str, str], int]:
         ):
             dropped += 1
             continue
-        text = value.decode("utf-8", "replace")
+        text = redact.scrub_text(value.decode("utf-8", "replace"))
         if len(text) > MAX_METADATA_VALUE:
             text = text[:MAX_METADATA_VALUE]
             dropped += 1
@@ -650,25 +650,38 @@ class ProxyRequest:
             )
             raise _ClientTooSlow from None
 
-    def _exchange(self, status: int) -> Exchange | None:
-        """The full exchange, for body storage (secrets are redacted by the body store)."""
+    def _exchange(self, status: int, secrets: tuple[bytes, ...]) -> Exchange | None:
+        """The full exchange, for body storage, with every secret already scrubbed
+        (`redact.py`): nothing downstream (spool, quarantine, body store) ever sees one."""
         if not self.ctx.keep_bodies:
             return None
         limit = self.ctx.settings.logging.max_body_size
         keep_request = self.ctx.settings.logging.store_request_body
         return Exchange(
             method=self.method,
-            path=self.path,
-            query=self.scope["query_string"].decode("latin-1"),
-            request_headers=tuple(
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers
+            path=redact.scrub_text_values(self.path, secrets),
+            query=redact.scrub_text_values(
+                redact.redact_query(self.scope["query_string"].decode("latin-1")), secrets
             ),
-            request_body=self.request_body[:limit] if keep_request else b"",
+            request_headers=tuple(
+                redact.redact_headers(
+                    ((k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers), secrets
+                )
+            ),
+            request_body=redact.scrub_values(self.request_body[:limit], secrets)
+            if keep_request
+            else b"",
             response_status=status,
             response_headers=tuple(
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self.response_headers
+                redact.redact_headers(
+                    (
+                        (k.decode("latin-1").lower(), v.decode("latin-1"))
+                        for k, v in self.response_headers
+                    ),
+                    secrets,
+                )
             ),
-            response_body=bytes(self.captured),
+            response_body=redact.scrub_values(bytes(self.captured), secrets),
             request_truncated=keep_request and len(self.request_body) > limit,
             response_truncated=not self.captured_all,
         )
@@ -686,6 +699,9 @@ class ProxyRequest:
             status = 502
             error = error or f"no answer was received from {self.provider}"
         model = self.model or (self.info.model if self.info else None) or "unknown"
+        secrets = redact.credential_values(self.headers, self.scope["query_string"])
+        if error is not None:
+            error = redact.scrub_text_values(error, secrets)  # a provider may echo the key
         metadata, dropped = metadata_from(self.headers)
         self.ctx.metrics.metadata_dropped += dropped
         record = RequestRecord(
@@ -693,7 +709,7 @@ class ProxyRequest:
             api_key_id=self.key_id,
             provider=self.provider,
             model=model,
-            request_path=self.path,
+            request_path=redact.scrub_text(self.path),
             request_method=self.method,
             requested_at=self.requested_at,
             responded_at=responded_at,
@@ -706,7 +722,7 @@ class ProxyRequest:
             provider_api_key_alias=_alias(self.headers),
             error_message=error,
             raw_metadata=metadata,
-            exchange=self._exchange(status),
+            exchange=self._exchange(status, secrets),
         )
         self.ctx.metrics.observe_request(self.provider, status, time.perf_counter() - self.t0)
         try:

@@ -13,11 +13,15 @@ and deletes the file once every line is in the database. Insertion ignores ids a
 so a replay cut short by a crash or another outage simply runs again: nothing is counted twice.
 A line that does not parse (a torn write, a disk error) is moved to `quarantine.jsonl` with a
 warning; the rest replays.
+
+Records arrive already redacted (`redact.py`); a line quarantined unparsed is scrubbed of
+key-shaped text on its way. Every file is created 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from majordomo.records import Exchange, RequestRecord, Usage
+from majordomo.redact import scrub_bytes
 
 log = logging.getLogger("majordomo.spool")
 
@@ -149,8 +154,7 @@ class Spool:
 
     def _open(self) -> Any:
         if self._pending is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._pending = open(self.directory / PENDING, "ab")  # noqa: SIM115 - kept open
+            self._pending = _open_private(self.directory, PENDING)
         return self._pending
 
     def append(self, records: list[RequestRecord], *, sync: bool = True) -> None:
@@ -226,14 +230,25 @@ class Spool:
     def _quarantine(self, line: bytes, why: str) -> None:
         self.quarantined += 1
         log.warning("spool line does not parse; moved to %s: %s", self._q(), why)
+        line = scrub_bytes(line)  # unparsed, hence not redacted by anyone yet
         self._write_quarantine(line if line.endswith(b"\n") else line + b"\n")
 
     def _q(self) -> Path:
         return self.directory / QUARANTINE
 
     def _write_quarantine(self, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._q().open("ab") as q:
+        with _open_private(self.directory, QUARANTINE) as q:
             q.write(data)
             q.flush()
             os.fsync(q.fileno())
+
+
+def _open_private(directory: Path, name: str) -> Any:
+    """Open `directory/name` for appending, readable by its owner only (0600, in a 0700
+    directory): records are redacted, but what callers sent and got back is still theirs."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours to change: the files are private anyway
+        directory.chmod(0o700)
+    fd = os.open(directory / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # a file an older version created more openly
+    return os.fdopen(fd, "ab")
