@@ -31,6 +31,7 @@ Test controls (request headers; a gateway forwards every non-`X-Majordomo-*` hea
 * `X-Fake-Gzip: 1`: gzip a non-stream body (`content-encoding: gzip`) whatever the request's
   `accept-encoding` says.
 * `X-Fake-Chunks: <n>`: number of content chunks of the answer (default 5), streamed or not.
+* `X-Fake-Cors: 1`: add the provider's own `Access-Control-Allow-Origin: *`.
 
 Run `python -m tests.fakeupstream --port N` to serve until Ctrl-C (for benchmarks).
 """
@@ -229,6 +230,8 @@ class FakeUpstream:
         held = self.release  # taken now: a release set before the first chunk counts
         controls = _Controls.read(call)
         reply = _plan_reply(call, controls)
+        if controls.cors:
+            reply.headers = [*reply.headers, (b"access-control-allow-origin", b"*")]
         call.status, call.usage, call.model, call.text = (
             reply.status,
             reply.usage,
@@ -328,6 +331,7 @@ class _Controls:
     stall: float = 0.0
     gzip: bool = False
     chunks: int = DEFAULT_CHUNKS
+    cors: bool = False
 
     @classmethod
     def read(cls, call: Call) -> _Controls:
@@ -341,6 +345,7 @@ class _Controls:
             stall=float(call.header("x-fake-stall") or 0),
             gzip=call.header("x-fake-gzip") == "1",
             chunks=max(1, min(MAX_CHUNKS, int(chunks))) if chunks else DEFAULT_CHUNKS,
+            cors=call.header("x-fake-cors") == "1",
         )
 
 

@@ -170,7 +170,7 @@ def test_sizes(raw: object, size: int) -> None:
         (
             {"serverr": {"port": 1}},
             {},
-            "unknown setting 'serverr.port'; sections are auth, logging,",
+            "unknown setting 'serverr.port'; sections are auth, cors, logging,",
         ),
     ],
 )

@@ -20,11 +20,20 @@ from quart_trio import QuartTrio
 from majordomo.auth import KeyCache
 from majordomo.bodystore import BodyStore
 from majordomo.config import Settings
+from majordomo.cors import CorsPolicy, is_preflight
 from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook
-from majordomo.proxy import ProxyContext, Receive, Scope, Send, Upstreams, handle_proxy
+from majordomo.proxy import (
+    Message,
+    ProxyContext,
+    Receive,
+    Scope,
+    Send,
+    Upstreams,
+    handle_proxy,
+)
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
 
@@ -94,10 +103,58 @@ def create_app(state: GatewayState) -> Any:
         metrics=state.metrics,
     )
 
+    cors = CorsPolicy.from_origins(state.settings.cors.allowed_origins)
+
+    async def own_routes(scope: Scope, receive: Receive, send: Send) -> None:
+        # quart-trio cancels its request nursery when the request's messages end, which can
+        # land while hypercorn is closing the connection inside our last send: that close
+        # then never happens and the connection stays open for good (Connection: close and
+        # keep-alive expiry included). Shielded, every send completes.
+        async def send_shielded(message: Message) -> None:
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        await admin(scope, receive, send_shielded)  # type: ignore[arg-type]
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OWN_PATHS:
+        if scope["type"] != "http":
+            await own_routes(scope, receive, send)
+            return
+        if is_preflight(scope["method"], scope["headers"]):
+            # Browsers send no credentials with a preflight: never a 401.
+            origin = _header(scope["headers"], b"origin")
+            headers = (
+                cors.preflight_headers(
+                    origin, _header(scope["headers"], b"access-control-request-headers")
+                )
+                if origin is not None
+                else []
+            )
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if cors.enabled:
+            origin = _header(scope["headers"], b"origin")
+            if origin is not None and cors.allows(origin):
+                send = _with_headers(send, cors.response_headers(origin))
+        if scope["path"] not in OWN_PATHS:
             await handle_proxy(proxy, scope, receive, send)
         else:
-            await admin(scope, receive, send)  # type: ignore[arg-type]
+            await own_routes(scope, receive, send)
 
     return app
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((value for key, value in headers if key == name), None)
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """`send`, adding `extra` headers to the response start."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending

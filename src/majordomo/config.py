@@ -97,6 +97,27 @@ def parse_str(raw: Any) -> str:
     return str(raw)
 
 
+def parse_list(raw: Any) -> tuple[str, ...]:
+    """A list: a YAML sequence, or (from the environment) comma-separated values."""
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    if any(isinstance(item, dict | list) for item in items):
+        raise ValueError("expected a list of single values")
+    return tuple(text for item in items if (text := str(item).strip()))
+
+
+def origins(raw: Any) -> tuple[str, ...]:
+    """Browser origins (`https://app.example.com`, scheme and host, maybe a port) or `*`."""
+    values = parse_list(raw)
+    for value in values:
+        if value != "*" and not re.fullmatch(r"https?://[^/\s?#]+", value):
+            raise ValueError(
+                f"expected origins such as https://app.example.com (no path) or *, got {value!r}"
+            )
+    return tuple(v.lower() for v in values)
+
+
 def int_between(low: int, high: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         try:
@@ -166,6 +187,11 @@ class ServerSettings:
     )
     max_request_body: int = _setting(
         32 * 1024**2, parse_size, "largest request body accepted; larger ones get 413"
+    )
+    # Above the SDKs' own idle expiry (httpx: 5 s), so a client never reuses a connection at
+    # the moment the server closes it.
+    keepalive_timeout: float = _setting(
+        30.0, parse_duration, "an idle client connection is closed after this long"
     )
 
 
@@ -316,6 +342,15 @@ class ProvidersSettings:
 
 
 @dataclass(frozen=True)
+class CorsSettings:
+    allowed_origins: tuple[str, ...] = _setting(
+        (),
+        origins,
+        "browser origins allowed to call the gateway (CORS); * for any; none by default",
+    )
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     cache_ttl: float = _setting(
         300.0, parse_duration, "how long a checked key is trusted without asking the database"
@@ -329,6 +364,7 @@ class AuthSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     s3: S3Settings = field(default_factory=S3Settings)

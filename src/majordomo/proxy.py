@@ -327,6 +327,8 @@ def downstream_headers(response: httpx.Response, *, keep_length: bool) -> RawHea
             continue
         if name == b"content-length" and not keep_length:
             continue
+        if name.startswith(b"access-control-"):
+            continue  # the provider's CORS policy is not ours (see cors.py)
         out.append((name, value))
     return out
 

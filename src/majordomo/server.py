@@ -89,6 +89,8 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
         f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
     ]
     config.graceful_timeout = settings.server.shutdown_timeout
+    # Idle connections close after this, and at once when shutdown begins.
+    config.keep_alive_timeout = settings.server.keepalive_timeout
     # hypercorn's own read_timeout would also cut long streamed answers (the client sends
     # nothing meanwhile); our read/write timeouts are applied by the proxy route instead.
     config.read_timeout = None
