@@ -116,6 +116,40 @@ async def test_unknown_key_is_remembered_briefly(autojump_clock: trio.testing.Mo
     assert await cache.authenticate(unknown) == table.rows[hash_key(unknown)].key_id
 
 
+async def test_random_unknown_keys_cannot_grow_the_cache(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    table = FakeKeyTable()
+    known, known_id = table.add()
+    cache = KeyCache(table.lookup, ttl=300, negative_ttl=10, max_unknown=1000)
+    assert await cache.authenticate(known) == known_id
+    for _ in range(50_000):
+        with pytest.raises(Unauthorized, match=UNKNOWN_KEY):
+            await cache.authenticate(generate_key())
+    assert len(cache) <= 1000 + 1
+    # The real key was never pushed out, and stays cached (one lookup in all).
+    lookups = table.lookups
+    assert await cache.authenticate(known) == known_id
+    assert table.lookups == lookups
+
+
+async def test_expired_unknown_keys_go_first(autojump_clock: trio.testing.MockClock) -> None:
+    table = FakeKeyTable()
+    cache = KeyCache(table.lookup, ttl=300, negative_ttl=10, max_unknown=100)
+    for _ in range(100):
+        with pytest.raises(Unauthorized):
+            await cache.authenticate(generate_key())
+    await trio.sleep(11)  # all 100 expired
+    recent = generate_key()
+    with pytest.raises(Unauthorized):
+        await cache.authenticate(recent)
+    assert len(cache) == 1  # expired ones dropped, not merely the oldest
+    lookups = table.lookups
+    with pytest.raises(Unauthorized):
+        await cache.authenticate(recent)
+    assert table.lookups == lookups  # the recent one is still remembered
+
+
 async def test_revoked_key_is_refused_and_invalidation_is_immediate() -> None:
     table = FakeKeyTable()
     key, _ = table.add()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from majordomo.auth import hash_key
+from majordomo.db import SCHEMA_VERSION
 from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
 
@@ -53,7 +54,7 @@ def test_json_output_for_scripts(run) -> None:  # type: ignore[no-untyped-def]
     revoked = run("keys", "revoke", key_id, "--json").json()
     assert revoked["is_active"] is False
     assert revoked["revoked_at"]
-    assert run("db", "migrate", "--json").json() == {"schema_version": 3}
+    assert run("db", "migrate", "--json").json() == {"schema_version": SCHEMA_VERSION}
 
 
 def test_list_when_empty_says_how_to_create_one(run) -> None:  # type: ignore[no-untyped-def]
@@ -144,5 +145,5 @@ def test_config_flag_points_at_a_file(run, tmp_path: Path) -> None:  # type: ign
 
 
 def test_migrate_is_idempotent(run) -> None:  # type: ignore[no-untyped-def]
-    assert run("db", "migrate").out.strip() == "Schema is at version 3."
-    assert run("db", "migrate").out.strip() == "Schema is at version 3."
+    assert run("db", "migrate").out.strip() == f"Schema is at version {SCHEMA_VERSION}."
+    assert run("db", "migrate").out.strip() == f"Schema is at version {SCHEMA_VERSION}."

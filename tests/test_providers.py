@@ -726,3 +726,51 @@ def test_error_body_escapes_the_message() -> None:
     for name in PROVIDER_NAMES:
         body = get_provider(name).error_body(401, message)
         assert json.loads(body)["error"]["message"] == message
+
+
+# ---------------------------------------------------------------------------------------------
+# A hostile stream: no line ends, ever. Memory stays bounded; the bytes pass through untouched.
+
+
+@pytest.mark.parametrize(
+    ("provider", "strip", "opening"),
+    [
+        ("openai", False, b"data: "),
+        ("openai", True, b"data: "),
+        ("anthropic", False, b"event: message_start\ndata: "),
+        ("gemini", False, b"data: "),  # ?alt=sse
+        ("gemini", False, b'[{"text": "'),  # the JSON array layout
+    ],
+)
+def test_a_stream_without_line_ends_holds_at_most_max_event_size(
+    provider: str, strip: bool, opening: bytes
+) -> None:
+    import tracemalloc
+
+    limit = 1024 * 1024
+    parser = get_provider(provider).StreamParser(strip_usage_chunk=strip, max_event_size=limit)
+    chunk = b"x" * 65536
+    relayed = bytearray(parser.feed(opening))
+    tracemalloc.start()
+    try:
+        for _ in range(400):  # 25 MiB, 25 times the limit
+            relayed += parser.feed(chunk)
+            relayed = relayed[-len(chunk) :]  # what the relay keeps of it: nothing
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * limit  # the limit plus a chunk or two, never the stream
+    assert parser.failure is not None
+    assert "exceeded 1048576 bytes (providers.max_event_size)" in parser.failure
+    assert parser.feed(b"tail") == b"tail"  # from now on: pass-through
+    assert parser.usage is None
+
+
+def test_events_up_to_the_limit_are_read_as_usual() -> None:
+    body = FIXTURES / "anthropic" / "message_stream.sse"
+    data = body.read_bytes()
+    parser = get_provider("anthropic").StreamParser(max_event_size=2048)
+    assert parser.feed(data) == data
+    parser.close()
+    assert parser.failure is None
+    assert parser.usage is not None

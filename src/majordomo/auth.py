@@ -9,6 +9,10 @@ every request. Entries live `auth.cache_ttl`; unknown keys are remembered for th
 PostgreSQL notifications and calls `invalidate` (or `clear` after a reconnect, when
 notifications may have been missed). While the database is unreachable, keys already known
 as active keep working past their TTL; keys never seen get 503, not 401.
+
+Unknown keys cost a caller nothing to invent, so they are remembered apart and within a bound
+(`max_unknown`): expired entries are dropped first, then the oldest. Known keys are bounded by
+the keys that exist.
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ CANNOT_CHECK = (
 
 Lookup = Callable[[str], Awaitable[KeyStatus | None]]
 
+# Unknown keys remembered at most (about 200 bytes each): enough to absorb a client retrying
+# a wrong key, too few for random keys to grow the process.
+MAX_UNKNOWN_KEYS = 10_000
+
 
 class KeyCache:
     def __init__(
@@ -85,12 +93,15 @@ class KeyCache:
         ttl: float,
         negative_ttl: float,
         clock: Callable[[], float] = trio.current_time,
+        max_unknown: int = MAX_UNKNOWN_KEYS,
     ) -> None:
         self._lookup = lookup
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
+        self._max_unknown = max_unknown
+        self._entries: dict[str, _Entry] = {}  # known keys
+        self._unknown: dict[str, _Entry] = {}  # unknown keys, oldest first
         self._generation = 0  # bumped by every invalidation
 
     async def authenticate(self, header: str | None) -> uuid.UUID:
@@ -100,7 +111,7 @@ class KeyCache:
         if not is_well_formed(header):
             raise Unauthorized(MALFORMED_KEY)
         key_hash = hash_key(header)
-        entry = self._entries.get(key_hash)
+        entry = self._entries.get(key_hash) or self._unknown.get(key_hash)
         now = self._clock()
         if entry is None or entry.expires_at <= now:
             generation = self._generation
@@ -114,8 +125,7 @@ class KeyCache:
                 # A notification that arrived during the lookup may postdate what it read:
                 # then the answer is used once but not remembered.
                 if generation == self._generation:
-                    ttl = self._ttl if status is not None else self._negative_ttl
-                    self._entries[key_hash] = _Entry(status, now + ttl)
+                    self._remember(key_hash, status, now)
         else:
             status = entry.status
         if status is None:
@@ -124,15 +134,32 @@ class KeyCache:
             raise Unauthorized(REVOKED_KEY)
         return status.key_id
 
+    def _remember(self, key_hash: str, status: KeyStatus | None, now: float) -> None:
+        if status is not None:
+            self._unknown.pop(key_hash, None)
+            self._entries[key_hash] = _Entry(status, now + self._ttl)
+            return
+        self._entries.pop(key_hash, None)
+        unknown = self._unknown
+        unknown.pop(key_hash, None)  # re-inserted last: the dict stays ordered by age
+        if len(unknown) >= self._max_unknown:
+            for stale in [k for k, e in unknown.items() if e.expires_at <= now]:
+                del unknown[stale]
+            while len(unknown) >= self._max_unknown:
+                del unknown[next(iter(unknown))]
+        unknown[key_hash] = _Entry(None, now + self._negative_ttl)
+
     def invalidate(self, key_hash: str) -> None:
         """Forget one key (it was revoked or changed)."""
         self._generation += 1
         self._entries.pop(key_hash, None)
+        self._unknown.pop(key_hash, None)
 
     def clear(self) -> None:
         """Forget every key (notifications may have been missed)."""
         self._generation += 1
         self._entries.clear()
+        self._unknown.clear()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._unknown)

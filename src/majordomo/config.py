@@ -334,6 +334,17 @@ class ProvidersSettings:
     idle_timeout: float = _setting(
         600.0, parse_duration, "longest a provider may go silent mid-response (then 504)"
     )
+    max_event_size: int = _setting(
+        16 * 1024**2,
+        parse_size,
+        "largest stream event or non-stream body held to read usage; past it the bytes still "
+        "flow to the client, usage is not read",
+    )
+    max_decompressed_size: int = _setting(
+        64 * 1024**2,
+        parse_size,
+        "most bytes of a compressed response decompressed to read usage (a gzip bomb stops there)",
+    )
     inject_stream_usage: bool = _setting(
         True,
         parse_bool,

@@ -35,7 +35,7 @@ from majordomo.records import RequestRecord
 log = logging.getLogger("majordomo.db")
 
 # The version recorded by the last statement of schema.sql.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Any two gateways migrating at once serialise on this advisory lock ("mdm" in ASCII).
 _MIGRATE_LOCK_ID = 0x6D646D
 # Keys changed (revoked, renamed) are announced here so every gateway drops its cached entry.
@@ -405,7 +405,7 @@ class Database:
         if not records:
             return 0
         extras = extras or [RowExtras()] * len(records)
-        columns: list[list[Any]] = [[] for _ in range(28)]
+        columns: list[list[Any]] = [[] for _ in range(29)]
         for record, extra in zip(records, extras, strict=True):
             for column, value in zip(columns, _record_row(record, extra), strict=True):
                 column.append(value)
@@ -602,6 +602,7 @@ def _record_row(r: RequestRecord, x: RowExtras) -> tuple[Any, ...]:
         x.request_body,
         x.response_body,
         x.body_s3_key,
+        r.usage_error,
     )
 
 
@@ -634,12 +635,12 @@ WITH input AS (
         $8::text[], $9::timestamptz[], $10::timestamptz[], $11::int[], $12::int[], $13::bool[],
         $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[],
         $20::text[], $21::text[], $22::numeric[], $23::numeric[], $24::numeric[], $25::bool[],
-        $26::text[], $27::text[], $28::text[]
+        $26::text[], $27::text[], $28::text[], $29::text[]
     ) AS t(id, key_id, credential_hash, credential_alias, provider, model, path, method,
            requested_at, responded_at, response_time_ms, ttfb_ms, streamed, input_tokens,
            output_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens, status_code,
            error_message, raw_metadata, input_cost, output_cost, total_cost, alias_found,
-           request_body, response_body, body_s3_key)
+           request_body, response_body, body_s3_key, usage_error)
 ),
 inserted AS (
     INSERT INTO llm_requests (
@@ -648,7 +649,7 @@ inserted AS (
         time_to_first_byte_ms, streamed, input_tokens, output_tokens, cached_tokens,
         cache_creation_tokens, reasoning_tokens, status_code, error_message, raw_metadata,
         indexed_metadata, input_cost, output_cost, total_cost, model_alias_found, request_body,
-        response_body, body_s3_key
+        response_body, body_s3_key, usage_error
     )
     SELECT i.id, i.key_id, i.credential_hash, i.credential_alias, i.provider, i.model, i.path,
            i.method, i.requested_at, i.responded_at, i.response_time_ms, i.ttfb_ms, i.streamed,
@@ -662,7 +663,7 @@ inserted AS (
                   AND mk.is_active
            ), '{}'::jsonb),
            i.input_cost, i.output_cost, i.total_cost, i.alias_found, i.request_body,
-           i.response_body, i.body_s3_key
+           i.response_body, i.body_s3_key, i.usage_error
       FROM input AS i
     ON CONFLICT (id) DO NOTHING
     RETURNING majordomo_api_key_id, requested_at, raw_metadata
@@ -687,7 +688,7 @@ registry AS (
         approx_cardinality
     )
     SELECT s.key_id, s.name, coalesce(c.n, 0), c.last_seen, s.hll, majordomo_hll_estimate(s.hll)
-      FROM unnest($29::uuid[], $30::text[], $31::bytea[]) AS s(key_id, name, hll)
+      FROM unnest($30::uuid[], $31::text[], $32::bytea[]) AS s(key_id, name, hll)
       LEFT JOIN metadata_counts AS c USING (key_id, name)
      ORDER BY s.key_id, s.name
     ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET

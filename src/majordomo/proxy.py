@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,8 +86,7 @@ UPSTREAM_REQUEST_ID = b"x-upstream-request-id"
 # The status recorded when the client went away before the response was complete
 # (nginx's convention; it is never sent, there is nobody left to send it to).
 CLIENT_CLOSED_REQUEST = 499
-# Bounds on what is kept in memory to read usage or an error message from a response.
-MAX_USAGE_BODY = 64 * 1024 * 1024
+# Bound on an error message read from a provider's error body (characters).
 MAX_ERROR_MESSAGE = 2000
 # Limits on the caller's X-Majordomo-* metadata kept per request.
 MAX_METADATA_KEYS = 32
@@ -349,17 +348,40 @@ def error_message_from(body: bytes) -> str:
 
 
 class _Decompressor:
-    """Decodes a gzip/deflate body for the parser while the raw bytes go to the client."""
+    """Decodes a gzip/deflate body for the parser while the raw bytes go to the client.
 
-    def __init__(self, encoding: str) -> None:
+    Output comes in pieces of at most `PIECE` bytes, and stops for good once `budget` bytes
+    came out (a gzip bomb) or the data turns out not to decode: `failure` then says why.
+    """
+
+    PIECE = 64 * 1024
+
+    def __init__(self, encoding: str, budget: int) -> None:
         wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
         self._z = zlib.decompressobj(wbits)
+        self._encoding = encoding
+        self._limit = self._budget = budget
+        self.failure: str | None = None
 
-    def decode(self, data: bytes) -> bytes:
-        try:
-            return self._z.decompress(data)
-        except zlib.error:
-            return b""
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        while data and self.failure is None and not self._z.eof:
+            try:
+                out = self._z.decompress(data, self.PIECE)
+            except zlib.error as exc:
+                self.failure = (
+                    f"the {self._encoding} response does not decode ({exc}); usage not read"
+                )
+                return
+            data = self._z.unconsumed_tail
+            if len(out) > self._budget:
+                self.failure = (
+                    f"the response decompresses to more than {self._limit} bytes "
+                    "(providers.max_decompressed_size); usage not read"
+                )
+                return
+            self._budget -= len(out)
+            if out:
+                yield out
 
 
 class ProxyRequest:
@@ -386,6 +408,7 @@ class ProxyRequest:
         self.model: str | None = None
         self.usage: Usage | None = None
         self.error_message: str | None = None
+        self.usage_error: str | None = None  # why usage could not be read, if it could not
         self.ttfb_ms: int | None = None
         self.upstream_ms = 0.0
         self.streamed = False
@@ -564,14 +587,19 @@ class ProxyRequest:
         self.status = response.status_code
         ok = 200 <= response.status_code < 300
         encoding = response.headers.get("content-encoding", "identity").lower()
+        limits = self.ctx.settings.providers
         decompressor = (
-            _Decompressor(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+            _Decompressor(encoding, limits.max_decompressed_size)
+            if encoding in ("gzip", "x-gzip", "deflate")
+            else None
         )
         parser = None
         # A compressed stream cannot be edited on the fly: then the usage chunk stays.
         strip = ok and info.stream and info.strip_usage_chunk and decompressor is None
         if ok and info.stream:
-            parser = self.module.StreamParser(strip_usage_chunk=strip)
+            parser = self.module.StreamParser(
+                strip_usage_chunk=strip, max_event_size=limits.max_event_size
+            )
             self.streamed = True
         headers = downstream_headers(response, keep_length=not strip)
         # Everything since the request arrived, less the wait for the provider's answer.
@@ -584,7 +612,8 @@ class ProxyRequest:
         )
 
         kept = bytearray()  # non-stream bodies, to read usage or the error message at the end
-        keep_limit = MAX_USAGE_BODY if ok else MAX_ERROR_MESSAGE * 4
+        keep_limit = limits.max_event_size if ok else MAX_ERROR_MESSAGE * 4
+        kept_all = True
         logging_settings = self.ctx.settings.logging
         capture_limit = (
             logging_settings.max_body_size
@@ -596,19 +625,22 @@ class ProxyRequest:
             # aclosing: a relay cut short (client gone, timeout) closes the generator at once.
             async with aclosing(cast(AsyncGenerator[bytes], response.aiter_raw())) as upstream:
                 async for raw in upstream:
-                    data = decompressor.decode(raw) if decompressor else raw
-                    if parser is not None:
-                        out = parser.feed(data)
-                        if decompressor is not None:
-                            out = raw
-                    else:
-                        out = raw
-                        if len(kept) < keep_limit:
-                            kept += data
-                    if capture_limit >= 0:
-                        room = capture_limit - len(self.captured)
-                        self.captured += data[: max(room, 0)]
-                        self.captured_all = self.captured_all and len(data) <= room
+                    out = raw
+                    for data in decompressor.decode(raw) if decompressor else (raw,):
+                        if parser is not None:
+                            relayed = parser.feed(data)
+                            if decompressor is None:
+                                out = relayed
+                        elif kept_all:
+                            if len(kept) + len(data) <= keep_limit:
+                                kept += data
+                            else:  # too large to read usage from: stop keeping it
+                                kept_all = False
+                                kept = kept[:keep_limit] if not ok else bytearray()
+                        if capture_limit >= 0:
+                            room = capture_limit - len(self.captured)
+                            self.captured += data[: max(room, 0)]
+                            self.captured_all = self.captured_all and len(data) <= room
                     if out:
                         await self._write(
                             {"type": "http.response.body", "body": out, "more_body": True}
@@ -632,10 +664,18 @@ class ProxyRequest:
         finally:
             if parser is not None:
                 self.model, self.usage = parser.model, parser.usage
-            elif ok and kept:
+                self.usage_error = parser.failure
+            elif ok and kept_all and kept:
                 self.model, self.usage = self.module.usage_from_body(self.path, bytes(kept))
+            elif ok and not kept_all:
+                self.usage_error = (
+                    f"the response body exceeded {keep_limit} bytes "
+                    "(providers.max_event_size); usage not read"
+                )
             elif not ok:
                 self.error_message = error_message_from(bytes(kept))
+            if decompressor is not None and decompressor.failure is not None:
+                self.usage_error = decompressor.failure
 
     async def _write(self, message: Message) -> None:
         if self.client_gone:
@@ -723,6 +763,7 @@ class ProxyRequest:
             provider_api_key_hash=credential_hash(self.headers, self.scope["query_string"]),
             provider_api_key_alias=_alias(self.headers),
             error_message=error,
+            usage_error=self.usage_error,
             raw_metadata=metadata,
             exchange=self._exchange(status, secrets),
         )

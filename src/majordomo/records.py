@@ -69,5 +69,7 @@ class RequestRecord:
     provider_api_key_hash: str | None = None
     provider_api_key_alias: str | None = None
     error_message: str | None = None
+    # Why the usage could not be read (an event too large, a body that does not decompress).
+    usage_error: str | None = None
     raw_metadata: dict[str, Any] = field(default_factory=dict)
     exchange: Exchange | None = None

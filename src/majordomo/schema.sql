@@ -151,3 +151,9 @@ END
 $$;
 
 INSERT INTO majordomo_schema (version) VALUES (3) ON CONFLICT (version) DO NOTHING;
+
+-- Version 4: why a row's usage could not be read (a stream event over
+-- providers.max_event_size, a body that does not decompress); NULL when it was.
+ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS usage_error text;
+
+INSERT INTO majordomo_schema (version) VALUES (4) ON CONFLICT (version) DO NOTHING;

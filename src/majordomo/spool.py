@@ -73,6 +73,7 @@ def record_to_json(r: RequestRecord) -> dict[str, Any]:
         "provider_api_key_hash": r.provider_api_key_hash,
         "provider_api_key_alias": r.provider_api_key_alias,
         "error_message": r.error_message,
+        "usage_error": r.usage_error,
         "raw_metadata": r.raw_metadata,
     }
     if r.exchange is not None:
@@ -129,6 +130,7 @@ def record_from_json(d: dict[str, Any]) -> RequestRecord:
         provider_api_key_hash=d["provider_api_key_hash"],
         provider_api_key_alias=d["provider_api_key_alias"],
         error_message=d["error_message"],
+        usage_error=d.get("usage_error"),  # absent from lines older versions wrote
         raw_metadata=metadata,
         exchange=exchange,
     )

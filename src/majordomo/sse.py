@@ -18,6 +18,11 @@ It never blocks, never does I/O and never looks at a byte twice in the common ca
 
 `close()` flushes a trailing event that lacks its final blank line. The spec would drop it,
 but a gateway wants the usage a cut-short stream did carry.
+
+Memory is bounded: a line still waiting for its terminator, or the data of an event still
+waiting for its blank line, may not grow past `max_event_size` bytes. Past it `feed` raises
+`EventTooLarge` (a hostile or broken upstream: a stream without newlines); the decoder is then
+spent, and its owner stops reading usage while the bytes keep flowing to the client.
 """
 
 from __future__ import annotations
@@ -25,6 +30,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _BOM = b"\xef\xbb\xbf"
+# The default bound on one line or one event's data (bytes).
+DEFAULT_MAX_EVENT_SIZE = 16 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """A line or an event grew past the decoder's `max_event_size`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"one event of the response exceeded {limit} bytes (providers.max_event_size); "
+            "usage not read"
+        )
+
+
 _LF = 0x0A
 _CR = 0x0D
 _COLON = 0x3A
@@ -45,8 +64,11 @@ class SSEDecoder:
     `retry` holds the last valid `retry:` value (milliseconds), if any.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_size: int = DEFAULT_MAX_EVENT_SIZE) -> None:
+        self._max = max_event_size
         self._partial: list[bytes] = []  # pieces of a line whose terminator has not arrived
+        self._partial_size = 0
+        self._data_size = 0  # bytes in `_data`
         self._skip_lf = False  # the previous chunk ended with CR: a leading LF belongs to it
         self._at_start = True  # a byte-order mark may open the stream
         self._data: list[bytes] = []  # data lines of the event being built
@@ -65,19 +87,26 @@ class SSEDecoder:
                 if not data:
                     return []
         if b"\n" not in data and b"\r" not in data:
-            self._partial.append(data)
+            self._park(data)
             return []
         if self._partial:
             self._partial.append(data)
             data = b"".join(self._partial)
             self._partial = []
+            self._partial_size = 0
         lines = data.splitlines()
         last = data[-1]
         if last == _CR:
             self._skip_lf = True
         elif last != _LF:
-            self._partial.append(lines.pop())
+            self._park(lines.pop())
         return self._interpret(lines)
+
+    def _park(self, piece: bytes) -> None:
+        self._partial_size += len(piece)
+        if self._partial_size > self._max:
+            raise EventTooLarge(self._max)
+        self._partial.append(piece)
 
     def close(self) -> list[SSEEvent]:
         """End of stream: interpret an unterminated last line and flush the pending event."""
@@ -85,6 +114,7 @@ class SSEDecoder:
         if self._partial:
             line = b"".join(self._partial)
             self._partial = []
+            self._partial_size = 0
             events = self._interpret([line])
         self._skip_lf = False
         self._dispatch(events)
@@ -101,7 +131,7 @@ class SSEDecoder:
                 self._dispatch(events)
             # The overwhelmingly common line comes first.
             elif line.startswith(b"data: "):
-                self._data.append(line[6:])
+                self._add_data(line[6:])
             elif line[0] == _COLON:
                 continue  # a comment, e.g. a keep-alive
             else:
@@ -113,7 +143,7 @@ class SSEDecoder:
         if colon and value.startswith(b" "):
             value = value[1:]
         if name == b"data":
-            self._data.append(value)
+            self._add_data(value)
         elif name == b"event":
             self._event = value
         elif name == b"id" and b"\x00" not in value:
@@ -121,6 +151,12 @@ class SSEDecoder:
         elif name == b"retry" and value.isdigit():  # ASCII digits only, as the spec wants
             self.retry = int(value)
         # Any other field is ignored, as the spec says.
+
+    def _add_data(self, value: bytes) -> None:
+        self._data_size += len(value) + 1
+        if self._data_size > self._max:
+            raise EventTooLarge(self._max)
+        self._data.append(value)
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         if self._data:
@@ -132,4 +168,5 @@ class SSEDecoder:
                 )
             )
             self._data = []
+            self._data_size = 0
         self._event = b""

@@ -29,7 +29,7 @@ from majordomo.providers.common import (
     load_json_object,
 )
 from majordomo.records import Usage
-from majordomo.sse import SSEDecoder, SSEEvent
+from majordomo.sse import DEFAULT_MAX_EVENT_SIZE, EventTooLarge, SSEDecoder, SSEEvent
 
 NAME = "anthropic"
 
@@ -108,11 +108,14 @@ def error_body(status: int, message: str) -> bytes:
 class StreamParser:
     """Relay an Anthropic SSE stream untouched while learning its model and usage."""
 
-    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+    def __init__(
+        self, *, strip_usage_chunk: bool = False, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    ) -> None:
         # `strip_usage_chunk` is never set for Anthropic; accepted for interface symmetry.
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_event_size)
         self._model: str | None = None
         self._counts: dict[str, Any] | None = None
+        self.failure: str | None = None
 
     @property
     def model(self) -> str | None:
@@ -126,14 +129,21 @@ class StreamParser:
 
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk; return `data` itself."""
-        for event in self._decoder.feed(data):
-            self._observe(event)
+        if self.failure is None:
+            try:
+                events = self._decoder.feed(data)
+            except EventTooLarge as exc:
+                self.failure = str(exc)
+                return data
+            for event in events:
+                self._observe(event)
         return data
 
     def close(self) -> bytes:
         """End of stream: interpret a trailing event that had no blank line."""
-        for event in self._decoder.close():
-            self._observe(event)
+        if self.failure is None:
+            for event in self._decoder.close():
+                self._observe(event)
         return b""
 
     def _observe(self, event: SSEEvent) -> None:

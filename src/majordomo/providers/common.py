@@ -55,6 +55,12 @@ class StreamParserLike(Protocol):
         """The usage seen so far (final once the stream has ended)."""
         ...
 
+    @property
+    def failure(self) -> str | None:
+        """Why usage stopped being read (an event over `max_event_size`), else None. From
+        then on `feed` relays its input untouched and learns nothing more."""
+        ...
+
 
 class ProviderModule(Protocol):
     """The functions every module in `majordomo.providers` exposes."""
@@ -75,8 +81,10 @@ class ProviderModule(Protocol):
         """A JSON error body the provider's own SDK turns into its usual exception."""
         ...
 
-    def StreamParser(self, *, strip_usage_chunk: bool = False) -> StreamParserLike:
-        """Start parsing one response stream."""
+    def StreamParser(
+        self, *, strip_usage_chunk: bool = False, max_event_size: int = ...
+    ) -> StreamParserLike:
+        """Start parsing one response stream, holding at most `max_event_size` bytes of it."""
         ...
 
 

@@ -36,7 +36,7 @@ from majordomo.providers.common import (
     load_json_object,
 )
 from majordomo.records import Usage
-from majordomo.sse import SSEDecoder
+from majordomo.sse import DEFAULT_MAX_EVENT_SIZE, EventTooLarge, SSEDecoder
 
 NAME = "gemini"
 
@@ -135,16 +135,21 @@ def error_body(status: int, message: str) -> bytes:
 class StreamParser:
     """Relay a streamGenerateContent body untouched while learning its model and usage."""
 
-    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+    def __init__(
+        self, *, strip_usage_chunk: bool = False, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    ) -> None:
         # `strip_usage_chunk` is never set for Gemini; accepted for interface symmetry.
         self._mode: str | None = None  # "sse" or "json", from the first non-blank byte
-        self._decoder = SSEDecoder()
+        self._max = max_event_size
+        self._decoder = SSEDecoder(max_event_size)
+        self.failure: str | None = None
         # JSON scanner state, carried across chunks.
         self._depth = 0
         self._element_depth = 1  # elements are the objects inside the top-level array
         self._in_string = False
         self._skip = 0  # bytes to skip at the start of the next chunk (an escaped character)
         self._element: list[bytes] = []  # pieces of the element in progress
+        self._element_size = 0
         self._element_open = False
         # Raw text of the latest chunk with usage (and of the first chunk, for the model);
         # decoded lazily, once.
@@ -169,7 +174,7 @@ class StreamParser:
 
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk; return `data` itself."""
-        if not data:
+        if not data or self.failure is not None:
             return data
         if self._mode is None:
             stripped = data.lstrip(_BLANK)
@@ -178,16 +183,20 @@ class StreamParser:
             self._mode = "json" if stripped[0] in _OPEN else "sse"
             if stripped[0] == _BRACE:
                 self._element_depth = 0  # a lone object (e.g. an error) instead of an array
-        if self._mode == "sse":
-            for event in self._decoder.feed(data):
-                self._observe(event.data)
-        else:
-            self._scan(data)
+        try:
+            if self._mode == "sse":
+                for event in self._decoder.feed(data):
+                    self._observe(event.data)
+            else:
+                self._scan(data)
+        except EventTooLarge as exc:
+            self.failure = str(exc)
+            self._element = []
         return data
 
     def close(self) -> bytes:
         """End of stream: interpret a trailing SSE event that had no blank line."""
-        if self._mode == "sse":
+        if self._mode == "sse" and self.failure is None:
             for event in self._decoder.close():
                 self._observe(event.data)
         return b""
@@ -245,6 +254,10 @@ class StreamParser:
                     self._element.append(data[start:position])
                     self._observe(b"".join(self._element))
                     self._element = []
+                    self._element_size = 0
                     self._element_open = False
         if self._element_open:
+            self._element_size += len(data) - start
+            if self._element_size > self._max:
+                raise EventTooLarge(self._max)
             self._element.append(data[start:])

@@ -37,7 +37,7 @@ from majordomo.providers.common import (
     load_json_object,
 )
 from majordomo.records import Usage
-from majordomo.sse import SSEDecoder
+from majordomo.sse import DEFAULT_MAX_EVENT_SIZE, EventTooLarge, SSEDecoder
 
 NAME = "openai"
 
@@ -163,9 +163,13 @@ def error_body(status: int, message: str) -> bytes:
 class StreamParser:
     """Relay an OpenAI SSE stream while learning its model and usage (see the module doc)."""
 
-    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+    def __init__(
+        self, *, strip_usage_chunk: bool = False, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    ) -> None:
         self._strip = strip_usage_chunk
-        self._decoder = SSEDecoder()
+        self._max = max_event_size
+        self._decoder = SSEDecoder(max_event_size)
+        self.failure: str | None = None
         self._held = b""  # strip mode: bytes after the last complete event
         self._model: str | None = None
         self._usage: Usage | None = None
@@ -183,14 +187,23 @@ class StreamParser:
 
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk; return what to relay (`data` itself unless stripping)."""
+        if self.failure is not None:
+            return data
         if self._strip:
             return self._feed_stripping(data)
-        for event in self._decoder.feed(data):
+        try:
+            events = self._decoder.feed(data)
+        except EventTooLarge as exc:
+            self.failure = str(exc)
+            return data
+        for event in events:
             self._observe(event.data)
         return data
 
     def close(self) -> bytes:
         """End of stream: flush a trailing event that had no blank line."""
+        if self.failure is not None:
+            return b""
         if self._strip:
             tail, self._held = self._held, b""
             return self._filter_events(tail, [len(tail)]) if tail else b""
@@ -224,6 +237,11 @@ class StreamParser:
         if ends and ends[-1] == len(buffer) and buffer[-1] == _CR:
             ends.pop()  # "\r" then maybe "\n" in the next chunk: wait for it
         if not ends:
+            if len(buffer) > self._max:
+                # No event end in sight: stop holding (and stripping); relay what was held.
+                self.failure = str(EventTooLarge(self._max))
+                self._held = b""
+                return buffer
             self._held = buffer
             return b""
         self._held = buffer[ends[-1] :]
@@ -248,13 +266,13 @@ class StreamParser:
         return b"".join(kept)
 
     def _observe_raw(self, event: bytes) -> None:
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(max_event_size=len(event) + 1)  # already held: no more to bound
         for decoded in decoder.feed(event) + decoder.close():
             self._observe(decoded.data)
 
     def _consume_usage_event(self, event: bytes) -> bool:
         """Record the usage an event carries; True if it is the injected usage-only event."""
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(max_event_size=len(event) + 1)  # already held: no more to bound
         for decoded in decoder.feed(event) + decoder.close():
             payload = load_json_object(decoded.data)
             if payload is None:
