@@ -249,6 +249,11 @@ class LoggingSettings:
     queue_size: int = _setting(
         10_000, int_between(1, 10_000_000), "usage records held in memory for the writer"
     )
+    write_timeout: float = _setting(
+        5.0,
+        parse_duration,
+        "longest one batch write may take; past it the batch goes to the spool",
+    )
     drain_timeout: float = _setting(
         20.0, parse_duration, "on shutdown, how long the writer may take to store queued records"
     )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -571,17 +572,50 @@ class RowExtras:
     body_s3_key: str | None = None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """`value` as PostgreSQL `text` and `jsonb` accept it: NUL and lone surrogates (which
+    JSON escapes such as `\\u0000` and `\\ud800` produce) become U+FFFD.
+
+    A row refused for one character of a model name or a path would lose the usage record of
+    a request that was answered; a replaced character loses nothing that matters.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else storable_text(value)
+
+
+def _storable_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_json(v) for v in value]
+    return value
+
+
 def _record_row(r: RequestRecord, x: RowExtras) -> tuple[Any, ...]:
     u = r.usage
     return (
         r.id,
         r.api_key_id,
         r.provider_api_key_hash,
-        r.provider_api_key_alias,
-        r.provider,
-        r.model,
-        r.request_path,
-        r.request_method,
+        _text(r.provider_api_key_alias),
+        storable_text(r.provider),
+        storable_text(r.model),
+        storable_text(r.request_path),
+        storable_text(r.request_method),
         r.requested_at,
         r.responded_at,
         r.response_time_ms,
@@ -593,16 +627,16 @@ def _record_row(r: RequestRecord, x: RowExtras) -> tuple[Any, ...]:
         u.cache_creation_tokens,
         u.reasoning_tokens,
         r.status_code,
-        r.error_message,
-        json.dumps(r.raw_metadata),
+        _text(r.error_message),
+        json.dumps(_storable_json(r.raw_metadata)),
         x.input_cost,
         x.output_cost,
         x.total_cost,
         x.model_alias_found,
-        x.request_body,
-        x.response_body,
+        _text(x.request_body),
+        _text(x.response_body),
         x.body_s3_key,
-        r.usage_error,
+        _text(r.usage_error),
     )
 
 
@@ -618,7 +652,7 @@ def _metadata_sketches(
             registers = sketches.get((r.api_key_id, name))
             if registers is None:
                 registers = sketches[(r.api_key_id, name)] = bytearray(sketch.REGISTERS)
-            sketch.add(registers, str(value))
+            sketch.add(registers, storable_text(str(value)))
     # Sorted: concurrent writers then lock registry rows in the same order (no deadlocks).
     ordered = sorted(sketches.items(), key=lambda item: (str(item[0][0]), item[0][1]))
     return (

@@ -8,7 +8,9 @@ batches — up to `MAX_BATCH` rows, or whatever arrived within `MAX_DELAY` of th
 them (`pricing.PriceBook`, off the request path), stores their bodies, and inserts each batch in one round trip (`Database.insert_records`,
 which also moves the key and metadata counters, exactly once per row).
 
-When PostgreSQL is unreachable, the batch goes to the spool (fsync'ed) and the writer stops
+Every write has a deadline (`logging.write_timeout`): a statement stuck behind a lock or a
+saturated server is cancelled past it and treated like an unreachable database. When
+PostgreSQL is unreachable, the batch goes to the spool (fsync'ed) and the writer stops
 trying for a while (doubling from `FIRST_RETRY_DELAY` to `MAX_RETRY_DELAY`); batches arriving
 meanwhile go straight to the spool, so the channel never backs up behind a dead database. The
 first successful insert after that replays the spool. The spool is also replayed at start-up:
@@ -51,6 +53,9 @@ MAX_DELAY = 0.2
 # Pauses between attempts while the database is unreachable: doubling up to a ceiling.
 FIRST_RETRY_DELAY = 0.2
 MAX_RETRY_DELAY = 5.0
+# Longest one batch write may take (seconds): a lock held on api_keys, a saturated server. Past
+# it the batch is spooled as if the database were down, so the writer never stalls unbounded.
+WRITE_TIMEOUT = 5.0
 # How long the idle writer's check that the database is back may take (seconds).
 PING_TIMEOUT = 5.0
 
@@ -66,6 +71,7 @@ class LogWriter:
         prices: PriceBook | None = None,
         max_batch: int = MAX_BATCH,
         max_delay: float = MAX_DELAY,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -74,6 +80,7 @@ class LogWriter:
         self.prices = prices
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.write_timeout = write_timeout
         self._down_until = 0.0  # while the database is unreachable: when to try it again
         self._retry_delay = FIRST_RETRY_DELAY
 
@@ -177,7 +184,7 @@ class LogWriter:
         try:
             extras = await self.enrich(batch)
             started = time.perf_counter()
-            await self.db.insert_records(batch, extras)
+            await self._write(batch, extras)
         except DatabaseUnavailable as exc:
             self._down_until = trio.current_time() + self._retry_delay
             log.warning(
@@ -200,7 +207,7 @@ class LogWriter:
     async def _insert_one_by_one(self, batch: list[RequestRecord]) -> bool:
         for record in batch:
             try:
-                await self.db.insert_records([record], await self.enrich([record]))
+                await self._write([record], await self.enrich([record]))
             except DatabaseUnavailable:
                 return False  # the whole batch is spooled; rows already in are skipped later
             except RowsRefused as exc:
@@ -215,6 +222,17 @@ class LogWriter:
             else:
                 self.metrics.rows_written += 1
         return True
+
+    async def _write(self, batch: list[RequestRecord], extras: list[RowExtras]) -> None:
+        """One insert, within `write_timeout` (cancelling the statement past it)."""
+        try:
+            with trio.fail_after(self.write_timeout):
+                await self.db.insert_records(batch, extras)
+        except trio.TooSlowError:
+            raise DatabaseUnavailable(
+                f"writing {len(batch)} usage records took more than {self.write_timeout:g}s "
+                "(logging.write_timeout)"
+            ) from None
 
     async def enrich(self, batch: list[RequestRecord]) -> list[RowExtras]:
         """What each row adds to its record: its cost and its stored bodies."""

@@ -526,8 +526,18 @@ class ProxyRequest:
             self.send,
             status,
             self.module.error_body(status, message),
-            [(b"x-request-id", str(self.id).encode())],
+            [(b"x-request-id", str(self.id).encode()), *self._connection_headers()],
         )
+
+    def _connection_headers(self) -> RawHeaders:
+        """`Connection: close` for a request framed both by Content-Length and
+        Transfer-Encoding: its end cannot be trusted, so neither can the next request on that
+        connection (RFC 9112 §6.1)."""
+        if _header(self.headers, b"transfer-encoding") is not None and (
+            _header(self.headers, b"content-length") is not None
+        ):
+            return [(b"connection", b"close")]
+        return []
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -601,7 +611,11 @@ class ProxyRequest:
                 strip_usage_chunk=strip, max_event_size=limits.max_event_size
             )
             self.streamed = True
-        headers = downstream_headers(response, keep_length=not strip)
+        # Content-Length goes down only for a body the upstream framed by length (never with a
+        # Transfer-Encoding beside it, which wins) and that reaches the client unchanged.
+        length_framed = "transfer-encoding" not in response.headers
+        headers = downstream_headers(response, keep_length=length_framed and not strip)
+        headers += self._connection_headers()
         # Everything since the request arrived, less the wait for the provider's answer.
         overhead_ms = (time.perf_counter() - self.t0) * 1000 - self.upstream_ms
         headers.append((b"x-request-id", str(self.id).encode()))

@@ -215,7 +215,12 @@ async def _supervise(
                 writers.cancel_scope.deadline = trio.current_time() + settings.logging.drain_timeout
 
             writer = LogWriter(
-                state.db, state.spool, state.metrics, bodies=state.bodies, prices=state.prices
+                state.db,
+                state.spool,
+                state.metrics,
+                bodies=state.bodies,
+                prices=state.prices,
+                write_timeout=settings.logging.write_timeout,
             )
             await writers.start(writer.run, receive)
             state.bound_urls = await writers.start(serve_then_close)
