@@ -173,15 +173,23 @@ JUNE_8 = datetime(2025, 6, 8, tzinfo=UTC)
 async def test_every_grouping_adds_up_exactly(pg: PgAdmin) -> None:
     await trio.to_thread.run_sync(seed, pg)
     async with trio_asyncio.open_loop(), open_database(pg.settings) as db:
-        for by, expected in EXPECTED.items():
+        for by, every in EXPECTED.items():
             report = await load_report(db, JUNE_1, JUNE_8, parse_grouping(by))
             shown = report_json(report)
+            # Days without requests are listed only when asked for (--all-days).
+            expected = [g for g in every if g["requests"]] if by == "day" else every
             assert shown["groups"] == expected, by
             assert shown["total"] == TOTAL, by
             assert shown["group_count"] == len(expected)
             assert (shown["since"], shown["until"], shown["by"], shown["key"]) == (
                 "2025-06-01T00:00:00+00:00", "2025-06-08T00:00:00+00:00", by, None,
             )  # fmt: skip
+
+        every_day = report_json(
+            await load_report(db, JUNE_1, JUNE_8, Grouping("day"), all_days=True)
+        )
+        assert every_day["groups"] == EXPECTED["day"]
+        assert every_day["total"] == TOTAL
 
         # One key's rows only; the limit cuts the list, never the total.
         report = await load_report(db, JUNE_1, JUNE_8, Grouping("model"), key_id=BATCH, limit=1)
@@ -264,11 +272,26 @@ def test_table_lists_groups_by_cost_then_the_total(pg: PgAdmin, tmp_path: Path) 
     assert [line.split()[0] for line in by_meta[2:7]] == ["user-id", "alice", "bob", "(none)", "42"]
 
 
-def test_day_view_shows_every_day_with_a_bar_proportional_to_cost(
+def test_day_view_lists_the_days_with_requests_unless_asked_for_every_day(
     pg: PgAdmin, tmp_path: Path
 ) -> None:
     seed(pg)
     result = usage_cli(pg, tmp_path, *WINDOW, "--by", "day")
+    assert result.code == 0, result.err
+    days = [line[:14] for line in result.out.splitlines()[3:8]]
+    assert days == [
+        "Sun 2025-06-01", "Tue 2025-06-03", "Thu 2025-06-05", "Fri 2025-06-06", "Sat 2025-06-07",
+    ]  # fmt: skip
+    assert set(result.out.splitlines()[8]) == {"-"}
+    refused = usage_cli(pg, tmp_path, *WINDOW, "--by", "model", "--all-days")
+    assert_one_line_error(refused, "--all-days goes with --by day")
+
+
+def test_day_view_shows_every_day_with_a_bar_proportional_to_cost(
+    pg: PgAdmin, tmp_path: Path
+) -> None:
+    seed(pg)
+    result = usage_cli(pg, tmp_path, *WINDOW, "--by", "day", "--all-days")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0] == "Usage by day, 2025-06-01 00:00 UTC to 2025-06-08 00:00 UTC"

@@ -99,7 +99,7 @@ def parse_blocks(text: str) -> list[Block]:
             continue
         assert line.strip() == "```", f"line {number}: a fence closes with a bare ```"
         info, start = opening
-        language, *words = info.split()
+        language, *words = info.split() or ["text"]  # a bare fence shows text
         options = dict(w.split("=", 1) for w in words if "=" in w)
         flags = frozenset(w for w in words if "=" not in w)
         blocks.append(Block(language, options, flags, "\n".join(body) + "\n", start))
@@ -109,7 +109,11 @@ def parse_blocks(text: str) -> list[Block]:
 
 
 BLOCKS = parse_blocks(GUIDE.read_text(encoding="utf-8"))
-EXAMPLES = [b for b in BLOCKS if b.runs and b.language in ("python", "bash")]
+# The README's "Using it" calls run the same way as the guide's examples.
+README_EXAMPLES = [
+    b for b in parse_blocks(README.read_text(encoding="utf-8")) if b.runs and b.language == "python"
+]
+EXAMPLES = [b for b in BLOCKS if b.runs and b.language in ("python", "bash")] + README_EXAMPLES
 PYTHON_EXAMPLES = [b for b in EXAMPLES if b.language == "python"]
 RECIPES = [b for b in BLOCKS if b.runs and b.language == "sql"]
 
@@ -130,6 +134,18 @@ def params(blocks: list[Block]) -> list[Any]:
 
 
 # ------------------------------------------------------------------------- the guide's form
+
+
+def test_the_readme_shows_one_complete_call_per_sdk() -> None:
+    assert [b.title for b in README_EXAMPLES] == [
+        "readme-openai",
+        "readme-anthropic",
+        "readme-gemini",
+    ]
+    for block, key in zip(
+        README_EXAMPLES, ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"), strict=True
+    ):
+        assert f'os.environ["{key}"]' in block.code, block  # the provider key it still needs
 
 
 def test_every_block_is_understood() -> None:

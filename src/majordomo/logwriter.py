@@ -42,6 +42,8 @@ from majordomo.records import RequestRecord
 from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.logwriter")
+# One line per proxied request (logging.access_log).
+access = logging.getLogger("majordomo.access")
 
 NO_BODIES = StoredBodies()
 NO_COST = Cost(Decimal(0), Decimal(0), Decimal(0), found=False, source="none")
@@ -72,6 +74,7 @@ class LogWriter:
         max_batch: int = MAX_BATCH,
         max_delay: float = MAX_DELAY,
         write_timeout: float = WRITE_TIMEOUT,
+        access_log: bool = False,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -81,6 +84,7 @@ class LogWriter:
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.write_timeout = write_timeout
+        self.access_log = access_log
         self._down_until = 0.0  # while the database is unreachable: when to try it again
         self._retry_delay = FIRST_RETRY_DELAY
 
@@ -167,6 +171,8 @@ class LogWriter:
 
     async def store(self, batch: list[RequestRecord]) -> None:
         """Insert a batch, or spool it if the database is unreachable."""
+        if self.access_log:
+            self._log_access(batch)
         if trio.current_time() < self._down_until:
             await self._spool(batch)
             return
@@ -248,11 +254,7 @@ class LogWriter:
                         nursery.start_soon(store, i, record)
         extras = []
         for record, b in zip(batch, stored, strict=True):
-            cost = (
-                self.prices.cost(record.provider, record.model, record.usage, record.requested_at)
-                if self.prices is not None
-                else NO_COST
-            )
+            cost = self._cost(record)
             extras.append(
                 RowExtras(
                     input_cost=cost.input_cost,
@@ -281,6 +283,41 @@ class LogWriter:
         self._down_until = 0.0
         await self.replay()
 
+    def _cost(self, record: RequestRecord) -> Cost:
+        if self.prices is None:
+            return NO_COST
+        return self.prices.cost(record.provider, record.model, record.usage, record.requested_at)
+
+    def _log_access(self, batch: list[RequestRecord]) -> None:
+        """One line per request (`logging.access_log`), written as its record is taken: after
+        the answer, off the request path, with its cost (prices are cached: microseconds)."""
+        for r in batch:
+            cost = self._cost(r)
+            access.info(
+                "%s %s %s %s %d %d+%d tokens $%s %dms",
+                r.request_method,
+                r.request_path,
+                r.provider,
+                r.model,
+                r.status_code,
+                r.usage.input_tokens,
+                r.usage.output_tokens,
+                _plain(cost.total_cost),
+                r.response_time_ms,
+                extra={
+                    "request_id": str(r.id),
+                    "method": r.request_method,
+                    "path": r.request_path,
+                    "provider": r.provider,
+                    "model": r.model,
+                    "status": r.status_code,
+                    "input_tokens": r.usage.input_tokens,
+                    "output_tokens": r.usage.output_tokens,
+                    "cost": _plain(cost.total_cost),
+                    "ms": r.response_time_ms,
+                },
+            )
+
     async def _spool(self, batch: list[RequestRecord]) -> None:
         self.spool.append(batch, sync=False)
         await trio.to_thread.run_sync(self.spool.sync)
@@ -301,6 +338,12 @@ class LogWriter:
             self.metrics.records_replayed += count
             if count:
                 log.info("replayed %d spooled usage records from %s", count, path.name)
+
+
+def _plain(value: Decimal) -> str:
+    """A cost without exponent or trailing zeros: 0.0000125, 0."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _drain(records: trio.MemoryReceiveChannel[RequestRecord]) -> list[RequestRecord]:

@@ -53,6 +53,7 @@ from majordomo.records import Exchange, RequestRecord, Usage
 from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.proxy")
+access = logging.getLogger("majordomo.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -430,6 +431,23 @@ class ProxyRequest:
             body = self.request_body = await self._read_body()
         except _Reply as reply:
             await self._reply(reply.status, reply.message)
+            if self.ctx.settings.logging.access_log:
+                # Refused before forwarding: no record, so the access line is written here.
+                access.info(
+                    "%s %s %s %d refused: %s",
+                    self.method,
+                    redact.scrub_text(self.path),
+                    self.provider,
+                    reply.status,
+                    reply.message,
+                    extra={
+                        "request_id": str(self.id),
+                        "method": self.method,
+                        "path": redact.scrub_text(self.path),
+                        "provider": self.provider,
+                        "status": reply.status,
+                    },
+                )
             return
         self.info = self.module.request_info(
             self.path,

@@ -24,14 +24,16 @@ from pathlib import Path
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from majordomo.app import GatewayState, create_app
 from majordomo.auth import KeyCache
 from majordomo.bodystore import open_body_store
 from majordomo.config import PostgresSettings, Settings
 from majordomo.db import describe, open_database
-from majordomo.errors import DatabaseUnavailable
+from majordomo.errors import DatabaseUnavailable, MajordomoError
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook, refresh_prices
@@ -100,6 +102,23 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
+def bind_sockets(settings: Settings) -> Sockets:
+    """Bind and listen on `server.host:server.port`, or say in one line why not."""
+    config = hypercorn_config(settings)
+    try:
+        sockets = config.create_sockets()
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
+    except OSError as exc:
+        where = config.bind[0]
+        raise MajordomoError(
+            f"cannot listen on {where}: {exc.strerror or exc}; another process (a second "
+            "'majordomo serve'?) may hold it: stop it, or choose another server.port "
+            "(MAJORDOMO_SERVER_PORT)"
+        ) from None
+    return sockets
+
+
 async def wait_for_database(
     postgres: PostgresSettings, *, create_database: bool, wait: float
 ) -> None:
@@ -129,13 +148,42 @@ async def run_gateway(
     create_database: bool = False,
     shutdown_trigger: ShutdownTrigger = wait_for_signal,
     background_tasks: Sequence[BackgroundTask] = BACKGROUND_TASKS,
+    sockets: Sockets | None = None,
     task_status: trio.TaskStatus[GatewayState] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until `shutdown_trigger` returns, then shut down in order.
 
+    `sockets` are the listening sockets (`bind_sockets`); bound here, first, when not given.
     `task_status.started` receives the running `GatewayState` once the server listens; its
     `bound_urls` say where.
     """
+    if sockets is None:
+        sockets = bind_sockets(settings)
+    try:
+        await _run(
+            settings,
+            postgres,
+            create_database,
+            shutdown_trigger,
+            background_tasks,
+            sockets,
+            task_status,
+        )
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
+    log.info("stopped")
+
+
+async def _run(
+    settings: Settings,
+    postgres: PostgresSettings,
+    create_database: bool,
+    shutdown_trigger: ShutdownTrigger,
+    background_tasks: Sequence[BackgroundTask],
+    sockets: Sockets,
+    task_status: trio.TaskStatus[GatewayState],
+) -> None:
     async with trio_asyncio.open_loop():
         await wait_for_database(
             postgres, create_database=create_database, wait=settings.storage.startup_wait
@@ -173,13 +221,12 @@ async def run_gateway(
                 )
                 try:
                     await _supervise(
-                        state, receive, shutdown_trigger, background_tasks, task_status
+                        state, receive, shutdown_trigger, background_tasks, sockets, task_status
                     )
                 finally:
                     # After the writer: it is the body store's last user.
                     with trio.CancelScope(shield=True):
                         await bodies.aclose()
-    log.info("stopped")
 
 
 async def _supervise(
@@ -187,6 +234,7 @@ async def _supervise(
     receive: trio.MemoryReceiveChannel[RequestRecord],
     shutdown_trigger: ShutdownTrigger,
     background_tasks: Sequence[BackgroundTask],
+    sockets: Sockets,
     task_status: trio.TaskStatus[GatewayState],
 ) -> None:
     settings = state.settings
@@ -202,9 +250,12 @@ async def _supervise(
 
             async def serve_then_close(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 async with state.records:  # closing it lets the writer drain and return
-                    await hypercorn_serve(
-                        create_app(state),
+                    # hypercorn's serve() minus binding: the sockets were bound before anything
+                    # else started, so a busy address fails fast and clearly.
+                    await worker_serve(
+                        wrap_app(create_app(state), 0, "asgi"),
                         hypercorn_config(settings),
+                        sockets=sockets,
                         shutdown_trigger=begin_shutdown,
                         task_status=task_status,
                     )
@@ -221,6 +272,7 @@ async def _supervise(
                 bodies=state.bodies,
                 prices=state.prices,
                 write_timeout=settings.logging.write_timeout,
+                access_log=settings.logging.access_log,
             )
             await writers.start(writer.run, receive)
             state.bound_urls = await writers.start(serve_then_close)

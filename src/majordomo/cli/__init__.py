@@ -12,7 +12,15 @@ import sys
 import cyclopts
 import trio
 
-from majordomo.cli.common import ConfigOption, JsonFlag, prepare, print_json, run_with_database
+from majordomo.cli.common import (
+    ConfigOption,
+    JsonFlag,
+    database_context,
+    load_settings,
+    prepare,
+    print_json,
+    run_with_database,
+)
 from majordomo.cli.keys import keys_app
 from majordomo.cli.metadata import metadata_app
 from majordomo.cli.pricing import pricing_app
@@ -36,10 +44,17 @@ app.command(db_app)
 @app.command
 def serve(*, config: ConfigOption = None) -> None:
     """Run the gateway until SIGINT or SIGTERM, then shut down without losing a record."""
-    from majordomo.server import run_gateway
+    from majordomo.server import bind_sockets, run_gateway
 
-    ctx = prepare(config)
-    trio.run(lambda: run_gateway(ctx.settings, ctx.postgres, create_database=ctx.create_database))
+    settings = load_settings(config)
+    # The address first: a busy port is one clear line, before any database is touched.
+    sockets = bind_sockets(settings)
+    ctx = database_context(settings)
+    trio.run(
+        lambda: run_gateway(
+            ctx.settings, ctx.postgres, create_database=ctx.create_database, sockets=sockets
+        )
+    )
 
 
 @db_app.command

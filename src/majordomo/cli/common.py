@@ -41,8 +41,8 @@ class Context:
     create_database: bool
 
 
-def prepare(config_path: Path | None, *, log_level: str | None = None) -> Context:
-    """Load settings, set up the process log, start the embedded server when configured so."""
+def load_settings(config_path: Path | None, *, log_level: str | None = None) -> Settings:
+    """Load settings and set up the process log (nothing else: no database yet)."""
     settings = config.load(config_path)
     configure_logging(log_level or settings.logging.level, settings.logging.format)
     unknown = config.unknown_env_names(os.environ)
@@ -50,11 +50,21 @@ def prepare(config_path: Path | None, *, log_level: str | None = None) -> Contex
         logging.getLogger("majordomo.config").warning(
             "ignoring environment variables that name no setting: %s", ", ".join(unknown)
         )
+    return settings
+
+
+def database_context(settings: Settings) -> Context:
+    """Where the database is: the configured server, or the embedded one, started now."""
     pg = settings.storage.postgres
     if pg.host:
         return Context(settings, pg, create_database=False)
     data_dir = Path(settings.storage.embedded.data_dir)
     return Context(settings, start_embedded(data_dir, pg), create_database=True)
+
+
+def prepare(config_path: Path | None, *, log_level: str | None = None) -> Context:
+    """Load settings, set up the process log, start the embedded server when configured so."""
+    return database_context(load_settings(config_path, log_level=log_level))
 
 
 def run_with_database(ctx: Context, action: Callable[[Database], Awaitable[T]]) -> T:

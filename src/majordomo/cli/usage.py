@@ -190,8 +190,10 @@ async def load_report(
     *,
     key_id: uuid.UUID | None = None,
     limit: int | None = None,
+    all_days: bool = False,
 ) -> UsageReport:
-    """Ask the database for the window's groups; the day view gets every day, idle ones at 0."""
+    """Ask the database for the window's groups. The day view lists days in order: the days
+    with requests, or with `all_days` every day of the window, idle ones at 0."""
     rows = await db.usage_report(
         since,
         until,
@@ -204,7 +206,8 @@ async def load_report(
     count = int(rows[0]["groups"])
     if grouping.by == "day":
         found = {row.group: row for row in groups}
-        groups = [found.get(day, UsageRow(day)) for day in utc_days(since, until)]
+        days = utc_days(since, until) if all_days else sorted(d for d in found if d is not None)
+        groups = [found.get(day, UsageRow(day)) for day in days]
         count = len(groups)
     return UsageReport(since, until, grouping, key_id, tuple(groups), total, count)
 
@@ -306,7 +309,7 @@ def render_table(report: UsageReport) -> str:
 
 
 def render_days(report: UsageReport, width: int = SCREEN_WIDTH) -> str:
-    """One line per UTC day, idle days included, with a bar proportional to its cost."""
+    """One line per UTC day of the report, with a bar proportional to its cost."""
     headers = ["DAY", "REQUESTS", "TOKENS", "COST (USD)", "ERRORS"]
     cells = [
         [
@@ -472,6 +475,14 @@ def report(
         int | None,
         cyclopts.Parameter(help="Show only the N most expensive groups (the total counts all)."),
     ] = None,
+    all_days: Annotated[
+        bool,
+        cyclopts.Parameter(
+            name="--all-days",
+            negative="",
+            help="With --by day: a line for every day of the window, idle ones too.",
+        ),
+    ] = False,
     json: JsonFlag = False,
     csv: CsvFlag = False,
     config: ConfigOption = None,
@@ -482,6 +493,8 @@ def report(
     grouping = parse_grouping(by)
     if limit is not None and limit < 1:
         raise MajordomoError(f"--limit {limit} shows nothing; give 1 or more, or leave it out")
+    if all_days and grouping.by != "day":
+        raise MajordomoError("--all-days goes with --by day")
     if limit is not None and grouping.by == "day":
         raise MajordomoError(
             "--limit does not apply to --by day (every day is shown); narrow the window with "
@@ -492,7 +505,9 @@ def report(
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> UsageReport:
-        return await load_report(db, start, end, grouping, key_id=key_id, limit=limit)
+        return await load_report(
+            db, start, end, grouping, key_id=key_id, limit=limit, all_days=all_days
+        )
 
     report = run_with_database(ctx, action)
     if json:
