@@ -774,3 +774,23 @@ def test_events_up_to_the_limit_are_read_as_usual() -> None:
     parser.close()
     assert parser.failure is None
     assert parser.usage is not None
+
+
+def test_everything_about_a_provider_derives_from_its_module() -> None:
+    from majordomo.config import SPECS, load_settings
+    from majordomo.pricing import GENAI_PROVIDER_IDS, LLM_PRICES_VENDORS
+    from majordomo.providers import MODULES
+    from majordomo.proxy import Upstreams
+
+    settings = load_settings()
+    upstreams = Upstreams.from_settings(settings)
+    for module in MODULES:
+        spec = SPECS[f"providers.{module.NAME}.base_url"]
+        assert spec.default == module.BASE_URL
+        assert module.BASE_URL_HINT in spec.doc
+        assert settings.providers.upstream(module.NAME).base_url == module.BASE_URL
+        assert upstreams.by_provider[module.NAME].host in module.BASE_URL
+        assert GENAI_PROVIDER_IDS[module.NAME] == module.PRICE_PROVIDER
+        assert LLM_PRICES_VENDORS[module.NAME] == module.LLM_PRICES_VENDOR
+        assert get_provider(module.NAME) is module
+    assert tuple(m.NAME for m in MODULES) == PROVIDER_NAMES

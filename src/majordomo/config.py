@@ -16,15 +16,17 @@ import dataclasses
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
 from dotenv import dotenv_values
 
 from majordomo.errors import ConfigError
+from majordomo.providers import MODULES as PROVIDER_MODULES
+from majordomo.providers import ProviderModule
 
 ENV_PREFIX = "MAJORDOMO_"
 CONFIG_FILE_NAME = "majordomo.yaml"
@@ -317,27 +319,25 @@ class PricingSettings:
 
 
 @dataclass(frozen=True)
-class OpenAISettings:
-    base_url: str = _setting("https://api.openai.com", url, "upstream base URL (no /v1)")
+class UpstreamSettings:
+    """`providers.<name>`: one provider's section, one per module in `majordomo.providers`."""
+
+    base_url: str
 
 
-@dataclass(frozen=True)
-class AnthropicSettings:
-    base_url: str = _setting("https://api.anthropic.com", url, "upstream base URL (no /v1)")
-
-
-@dataclass(frozen=True)
-class GeminiSettings:
-    base_url: str = _setting(
-        "https://generativelanguage.googleapis.com", url, "upstream base URL (no /v1beta)"
+def _upstream_section(module: ProviderModule) -> type[UpstreamSettings]:
+    """The settings class of one provider, from what its module declares."""
+    doc = f"upstream base URL ({module.BASE_URL_HINT})"
+    return make_dataclass(
+        f"{module.NAME.title()}Settings",
+        [("base_url", str, _setting(module.BASE_URL, url, doc))],
+        bases=(UpstreamSettings,),
+        frozen=True,
     )
 
 
 @dataclass(frozen=True)
-class ProvidersSettings:
-    openai: OpenAISettings = field(default_factory=OpenAISettings)
-    anthropic: AnthropicSettings = field(default_factory=AnthropicSettings)
-    gemini: GeminiSettings = field(default_factory=GeminiSettings)
+class _ProvidersCommon:
     connect_timeout: float = _setting(
         10.0, parse_duration, "longest wait to connect to a provider (then 504)"
     )
@@ -359,6 +359,29 @@ class ProvidersSettings:
         True,
         parse_bool,
         "ask OpenAI streams for their usage chunk (hidden from clients that did not ask)",
+    )
+
+    def upstream(self, name: str) -> UpstreamSettings:
+        """The section of provider `name` (one of `providers.PROVIDER_NAMES`)."""
+        section: UpstreamSettings = getattr(self, name)
+        return section
+
+
+if TYPE_CHECKING:
+
+    class ProvidersSettings(_ProvidersCommon):
+        def __getattr__(self, name: str) -> UpstreamSettings: ...
+
+else:
+    # One `providers.<name>` section per provider module, then the common settings.
+    ProvidersSettings = make_dataclass(
+        "ProvidersSettings",
+        [
+            (m.NAME, UpstreamSettings, field(default_factory=_upstream_section(m)))
+            for m in PROVIDER_MODULES
+        ],
+        bases=(_ProvidersCommon,),
+        frozen=True,
     )
 
 

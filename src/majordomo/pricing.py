@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from majordomo import providers
 from majordomo.records import Usage
 
 if TYPE_CHECKING:
@@ -77,12 +78,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("majordomo.pricing")
 
-# Our provider names → genai-prices provider ids.
-GENAI_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
-# Our provider names → llm-prices vendors.
-LLM_PRICES_VENDORS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+# Our provider names → genai-prices provider ids and llm-prices vendors, as each provider
+# module declares them.
+GENAI_PROVIDER_IDS = {m.NAME: m.PRICE_PROVIDER for m in providers.MODULES}
+LLM_PRICES_VENDORS = {m.NAME: m.LLM_PRICES_VENDOR for m in providers.MODULES}
 # Where `resolve(None, model)` looks, in this order.
-KNOWN_PROVIDERS = ("openai", "anthropic", "gemini")
+KNOWN_PROVIDERS = providers.PROVIDER_NAMES
 
 # What `Cost.source` / `ResolvedPrice.source` say.
 SOURCE_OVERRIDE = "override"

@@ -130,12 +130,10 @@ class Upstreams:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Upstreams:
-        p = settings.providers
         return cls(
             {
-                "openai": Upstream.parse(p.openai.base_url),
-                "anthropic": Upstream.parse(p.anthropic.base_url),
-                "gemini": Upstream.parse(p.gemini.base_url),
+                name: Upstream.parse(settings.providers.upstream(name).base_url)
+                for name in PROVIDER_NAMES
             }
         )
 

@@ -1,9 +1,12 @@
 """The providers Majordomo fronts, one module each, and how a request path picks one.
 
-Every module (`openai`, `anthropic`, `gemini`) exposes the same pure functions, described by
-`ProviderModule`: `request_info`, `usage_from_body`, `error_body` and a `StreamParser` class.
-Adding a provider is one module, one fixture folder under `tests/fixtures/` and one line in
-`_MODULES`; there is no plugin machinery.
+Every module (`openai`, `anthropic`, `gemini`) declares the same facts and exposes the same
+pure functions, described by `ProviderModule`: its `NAME`, default `BASE_URL` and price ids,
+then `request_info`, `usage_from_body`, `error_body` and a `StreamParser` class. Everything
+else is derived from `MODULES`: the names `X-Majordomo-Provider` accepts, the
+`providers.<name>` settings, the upstreams, the pricing maps. Adding a provider is one
+module, one fixture folder under `tests/fixtures/` and one line in `MODULES`; there is no
+plugin machinery.
 
 Routing (`detect_provider`), when `X-Majordomo-Provider` does not say, reads the request's
 shape, so that a credential only ever goes to the provider it was meant for:
@@ -34,6 +37,7 @@ from majordomo.providers import anthropic, gemini, openai
 from majordomo.providers.common import ProviderModule, RequestInfo, StreamParserLike
 
 __all__ = [
+    "MODULES",
     "PROVIDER_NAMES",
     "ProviderModule",
     "RequestInfo",
@@ -44,13 +48,11 @@ __all__ = [
     "wire_format",
 ]
 
-PROVIDER_NAMES = ("openai", "anthropic", "gemini")
+# The one list of providers.
+MODULES: tuple[ProviderModule, ...] = (openai, anthropic, gemini)
 
-_MODULES: dict[str, ProviderModule] = {
-    "openai": openai,
-    "anthropic": anthropic,
-    "gemini": gemini,
-}
+PROVIDER_NAMES = tuple(module.NAME for module in MODULES)
+_MODULES: dict[str, ProviderModule] = {module.NAME: module for module in MODULES}
 
 _GEMINI_ONLY_PREFIXES = ("/v1beta/", "/v1alpha/")
 # Headers only Anthropic's clients send.

@@ -32,6 +32,12 @@ from majordomo.records import Usage
 from majordomo.sse import DEFAULT_MAX_EVENT_SIZE, EventTooLarge, SSEDecoder, SSEEvent
 
 NAME = "anthropic"
+# The upstream unless `providers.anthropic.base_url` says otherwise (the SDK adds the version).
+BASE_URL = "https://api.anthropic.com"
+BASE_URL_HINT = "no /v1"
+# Who bills the call, as genai-prices and llm-prices name them.
+PRICE_PROVIDER = "anthropic"
+LLM_PRICES_VENDOR = "anthropic"
 
 _COUNT_FIELDS = (
     "input_tokens",

@@ -63,9 +63,13 @@ class StreamParserLike(Protocol):
 
 
 class ProviderModule(Protocol):
-    """The functions every module in `majordomo.providers` exposes."""
+    """What every module in `majordomo.providers` declares and exposes."""
 
     NAME: str
+    BASE_URL: str
+    BASE_URL_HINT: str  # what the base URL leaves out, for its setting's description
+    PRICE_PROVIDER: str  # genai-prices' provider id
+    LLM_PRICES_VENDOR: str
 
     def request_info(
         self, path: str, query: str, body: bytes, *, inject_stream_usage: bool = True

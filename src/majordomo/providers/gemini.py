@@ -39,6 +39,12 @@ from majordomo.records import Usage
 from majordomo.sse import DEFAULT_MAX_EVENT_SIZE, EventTooLarge, SSEDecoder
 
 NAME = "gemini"
+# The upstream unless `providers.gemini.base_url` says otherwise (the SDK adds the version).
+BASE_URL = "https://generativelanguage.googleapis.com"
+BASE_URL_HINT = "no /v1beta"
+# Who bills the call, as genai-prices and llm-prices name them.
+PRICE_PROVIDER = "google"
+LLM_PRICES_VENDOR = "google"
 
 # `.../models/<model>:<method>` or `.../tunedModels/<model>:<method>` at the end of the path.
 _MODEL_METHOD = re.compile(r"/(models|tunedModels)/([^/:]+):([A-Za-z]+)$")

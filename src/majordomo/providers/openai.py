@@ -40,6 +40,12 @@ from majordomo.records import Usage
 from majordomo.sse import DEFAULT_MAX_EVENT_SIZE, EventTooLarge, SSEDecoder
 
 NAME = "openai"
+# The upstream unless `providers.openai.base_url` says otherwise (the SDK adds the version).
+BASE_URL = "https://api.openai.com"
+BASE_URL_HINT = "no /v1"
+# Who bills the call, as genai-prices and llm-prices name them.
+PRICE_PROVIDER = "openai"
+LLM_PRICES_VENDOR = "openai"
 
 # Streaming endpoints that honour `stream_options.include_usage`, under whatever prefix the
 # serving provider puts its OpenAI-compatible API (`/v1/`, Gemini's `/v1beta/openai/`).
