@@ -31,7 +31,7 @@ from majordomo import sketch
 from majordomo.auth import KeyStatus
 from majordomo.config import PostgresSettings
 from majordomo.errors import DatabaseUnavailable, MajordomoError, RowsRefused
-from majordomo.records import RequestRecord
+from majordomo.records import COLUMNS, Column, RequestRecord, RowExtras
 
 log = logging.getLogger("majordomo.db")
 
@@ -406,10 +406,7 @@ class Database:
         if not records:
             return 0
         extras = extras or [RowExtras()] * len(records)
-        columns: list[list[Any]] = [[] for _ in range(29)]
-        for record, extra in zip(records, extras, strict=True):
-            for column, value in zip(columns, _record_row(record, extra), strict=True):
-                column.append(value)
+        columns = _columns_of(records, extras)
         key_ids, names, hlls = _metadata_sketches(records)
         try:
             inserted = await self._call("fetchval", _INSERT_BATCH, *columns, key_ids, names, hlls)
@@ -559,19 +556,6 @@ class Database:
         return [dict(row.items()) for row in rows]
 
 
-@dataclass(frozen=True, slots=True)
-class RowExtras:
-    """What the log writer adds to a record before inserting it: cost and stored bodies."""
-
-    input_cost: Decimal = Decimal(0)
-    output_cost: Decimal = Decimal(0)
-    total_cost: Decimal = Decimal(0)
-    model_alias_found: bool = False
-    request_body: str | None = None
-    response_body: str | None = None
-    body_s3_key: str | None = None
-
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -605,39 +589,19 @@ def _storable_json(value: Any) -> Any:
     return value
 
 
-def _record_row(r: RequestRecord, x: RowExtras) -> tuple[Any, ...]:
-    u = r.usage
-    return (
-        r.id,
-        r.api_key_id,
-        r.provider_api_key_hash,
-        _text(r.provider_api_key_alias),
-        storable_text(r.provider),
-        storable_text(r.model),
-        storable_text(r.request_path),
-        storable_text(r.request_method),
-        r.requested_at,
-        r.responded_at,
-        r.response_time_ms,
-        r.time_to_first_byte_ms,
-        r.streamed,
-        u.input_tokens,
-        u.output_tokens,
-        u.cached_tokens,
-        u.cache_creation_tokens,
-        u.reasoning_tokens,
-        r.status_code,
-        _text(r.error_message),
-        json.dumps(_storable_json(r.raw_metadata)),
-        x.input_cost,
-        x.output_cost,
-        x.total_cost,
-        x.model_alias_found,
-        _text(x.request_body),
-        _text(x.response_body),
-        x.body_s3_key,
-        _text(r.usage_error),
-    )
+def _storable(column: Column, value: Any) -> Any:
+    """A column's value as PostgreSQL takes it (see `storable_text`)."""
+    if column.cast == "jsonb":
+        return json.dumps(_storable_json(value))
+    if column.pg_type == "text" and value is not None:
+        return storable_text(value)
+    return value
+
+
+def _columns_of(records: Sequence[RequestRecord], extras: Sequence[RowExtras]) -> list[list[Any]]:
+    """One array per column of `COLUMNS`, for the batch INSERT's unnest."""
+    rows = list(zip(records, extras, strict=True))
+    return [[_storable(c, c.read(r, x)) for r, x in rows] for c in COLUMNS]
 
 
 def _metadata_sketches(
@@ -662,47 +626,39 @@ def _metadata_sketches(
     )
 
 
-_INSERT_BATCH = """
+def _insert_batch_sql() -> str:
+    """The batch INSERT, from `COLUMNS`: unnest one array per column, insert what is new, and
+    in the same statement move the counters of the rows actually inserted."""
+    arrays = ", ".join(f"${n}::{c.pg_type}[]" for n, c in enumerate(COLUMNS, 1))
+    names = ", ".join(c.name for c in COLUMNS)
+    values = ", ".join(f"i.{c.name}::{c.cast}" if c.cast else f"i.{c.name}" for c in COLUMNS)
+    n = len(COLUMNS)
+    counters = _COUNTERS.replace("${keys}", f"${n + 1}").replace("${names}", f"${n + 2}")
+    counters = counters.replace("${hlls}", f"${n + 3}")
+    return f"""
 WITH input AS (
-    SELECT * FROM unnest(
-        $1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::text[], $9::timestamptz[], $10::timestamptz[], $11::int[], $12::int[], $13::bool[],
-        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[],
-        $20::text[], $21::text[], $22::numeric[], $23::numeric[], $24::numeric[], $25::bool[],
-        $26::text[], $27::text[], $28::text[], $29::text[]
-    ) AS t(id, key_id, credential_hash, credential_alias, provider, model, path, method,
-           requested_at, responded_at, response_time_ms, ttfb_ms, streamed, input_tokens,
-           output_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens, status_code,
-           error_message, raw_metadata, input_cost, output_cost, total_cost, alias_found,
-           request_body, response_body, body_s3_key, usage_error)
+    SELECT * FROM unnest({arrays}) AS t({names})
 ),
 inserted AS (
-    INSERT INTO llm_requests (
-        id, majordomo_api_key_id, provider_api_key_hash, provider_api_key_alias, provider, model,
-        request_path, request_method, requested_at, responded_at, response_time_ms,
-        time_to_first_byte_ms, streamed, input_tokens, output_tokens, cached_tokens,
-        cache_creation_tokens, reasoning_tokens, status_code, error_message, raw_metadata,
-        indexed_metadata, input_cost, output_cost, total_cost, model_alias_found, request_body,
-        response_body, body_s3_key, usage_error
-    )
-    SELECT i.id, i.key_id, i.credential_hash, i.credential_alias, i.provider, i.model, i.path,
-           i.method, i.requested_at, i.responded_at, i.response_time_ms, i.ttfb_ms, i.streamed,
-           i.input_tokens, i.output_tokens, i.cached_tokens, i.cache_creation_tokens,
-           i.reasoning_tokens, i.status_code, i.error_message, i.raw_metadata::jsonb,
+    INSERT INTO llm_requests ({names}, indexed_metadata)
+    SELECT {values},
            coalesce((
                SELECT jsonb_object_agg(e.key, e.value)
                  FROM jsonb_each(i.raw_metadata::jsonb) AS e
                  JOIN llm_requests_metadata_keys AS mk
-                   ON mk.majordomo_api_key_id = i.key_id AND mk.key_name = e.key
+                   ON mk.majordomo_api_key_id = i.majordomo_api_key_id AND mk.key_name = e.key
                   AND mk.is_active
-           ), '{}'::jsonb),
-           i.input_cost, i.output_cost, i.total_cost, i.alias_found, i.request_body,
-           i.response_body, i.body_s3_key, i.usage_error
+           ), '{{}}'::jsonb)
       FROM input AS i
     ON CONFLICT (id) DO NOTHING
     RETURNING majordomo_api_key_id, requested_at, raw_metadata
 ),
-key_counts AS (
+{counters}"""
+
+
+# What the batch statement does with the rows it inserted (`$keys`, `$names`, `$hlls` are
+# the metadata sketches' arrays, numbered after the columns').
+_COUNTERS = """key_counts AS (
     UPDATE api_keys AS k
        SET request_count = k.request_count + c.n,
            last_used_at = greatest(k.last_used_at, c.last_used)
@@ -722,7 +678,7 @@ registry AS (
         approx_cardinality
     )
     SELECT s.key_id, s.name, coalesce(c.n, 0), c.last_seen, s.hll, majordomo_hll_estimate(s.hll)
-      FROM unnest($30::uuid[], $31::text[], $32::bytea[]) AS s(key_id, name, hll)
+      FROM unnest(${keys}::uuid[], ${names}::text[], ${hlls}::bytea[]) AS s(key_id, name, hll)
       LEFT JOIN metadata_counts AS c USING (key_id, name)
      ORDER BY s.key_id, s.name
     ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET
@@ -734,6 +690,9 @@ registry AS (
 )
 SELECT count(*) FROM inserted
 """
+
+
+_INSERT_BATCH = _insert_batch_sql()
 
 
 def _api_key_without(row: asyncpg.Record, *drop: str) -> ApiKey:

@@ -34,11 +34,11 @@ from decimal import Decimal
 import trio
 
 from majordomo.bodystore import BodyStore, NoBodyStore, StoredBodies
-from majordomo.db import Database, RowExtras
+from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable, RowsRefused
 from majordomo.metrics import Metrics
 from majordomo.pricing import Cost, PriceBook
-from majordomo.records import RequestRecord
+from majordomo.records import RequestRecord, RowExtras
 from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.logwriter")

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import types
+import typing
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from majordomo.records import Exchange, RequestRecord, Usage
+from majordomo.records import RequestRecord, Usage
 from majordomo.redact import scrub_bytes
 
 log = logging.getLogger("majordomo.spool")
@@ -42,98 +45,93 @@ REPLAY_PREFIX = "replay-"
 
 
 # -- records as JSON --------------------------------------------------------------------------
+#
+# Derived from the record dataclasses' own fields and types (records.py), so a field added
+# there is spooled with no change here: a UUID or a datetime as a string, bytes as base64,
+# `Usage` as the list of its counts in field order, other dataclasses as objects. A field
+# missing from a line (written by an older version) takes its default.
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _encode(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Usage):
+        return [getattr(value, f.name) for f in dataclasses.fields(Usage)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return value  # metadata: JSON already
+    raise TypeError(f"cannot spool a {type(value).__name__}")
+
+
+def _decode(raw: Any, hint: Any) -> Any:
+    """`raw` as the type `hint` names (raises ValueError, TypeError or KeyError if it is not)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        if raw is None:
+            return None
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        origin = typing.get_origin(hint)
+    if hint is uuid.UUID:
+        return uuid.UUID(raw)
+    if hint is datetime:
+        return datetime.fromisoformat(raw)
+    if hint is bytes:
+        return base64.b64decode(raw, validate=True)
+    if hint is Usage:
+        return Usage(*(_decode(n, int) for n in raw))
+    if dataclasses.is_dataclass(hint):
+        return _decode_dataclass(raw, hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(_decode(v, item) for v in raw)
+    if hint is int:
+        if type(raw) is not int:
+            raise TypeError(f"expected a whole number, got {raw!r}")
+        return raw
+    if hint is bool:
+        return bool(raw)
+    if hint is str:
+        if not isinstance(raw, str):
+            raise TypeError(f"expected text, got {raw!r}")
+        return raw
+    if origin is dict:
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected an object, got {raw!r}")
+        return raw
+    raise TypeError(f"cannot read a {hint!r} from the spool")
+
+
+def _decode_dataclass(raw: Any, cls: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected an object for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            values[f.name] = _decode(raw[f.name], hints[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise KeyError(f.name)
+    return cls(**values)
 
 
 def record_to_json(r: RequestRecord) -> dict[str, Any]:
-    u = r.usage
-    out: dict[str, Any] = {
-        "id": str(r.id),
-        "api_key_id": str(r.api_key_id) if r.api_key_id else None,
-        "provider": r.provider,
-        "model": r.model,
-        "request_path": r.request_path,
-        "request_method": r.request_method,
-        "requested_at": r.requested_at.isoformat(),
-        "responded_at": r.responded_at.isoformat(),
-        "status_code": r.status_code,
-        "usage": [
-            u.input_tokens,
-            u.output_tokens,
-            u.cached_tokens,
-            u.cache_creation_tokens,
-            u.reasoning_tokens,
-        ],
-        "response_time_ms": r.response_time_ms,
-        "time_to_first_byte_ms": r.time_to_first_byte_ms,
-        "streamed": r.streamed,
-        "provider_api_key_hash": r.provider_api_key_hash,
-        "provider_api_key_alias": r.provider_api_key_alias,
-        "error_message": r.error_message,
-        "usage_error": r.usage_error,
-        "raw_metadata": r.raw_metadata,
-    }
-    if r.exchange is not None:
-        e = r.exchange
-        out["exchange"] = {
-            "method": e.method,
-            "path": e.path,
-            "query": e.query,
-            "request_headers": e.request_headers,
-            "request_body": _b64(e.request_body),
-            "response_status": e.response_status,
-            "response_headers": e.response_headers,
-            "response_body": _b64(e.response_body),
-            "request_truncated": e.request_truncated,
-            "response_truncated": e.response_truncated,
-        }
+    out: dict[str, Any] = _encode(r)
     return out
 
 
 def record_from_json(d: dict[str, Any]) -> RequestRecord:
     """The record `record_to_json` wrote; raises KeyError/ValueError/TypeError if malformed."""
-    exchange = None
-    if d.get("exchange") is not None:
-        e = d["exchange"]
-        exchange = Exchange(
-            method=e["method"],
-            path=e["path"],
-            query=e["query"],
-            request_headers=tuple((str(k), str(v)) for k, v in e["request_headers"]),
-            request_body=base64.b64decode(e["request_body"]),
-            response_status=int(e["response_status"]),
-            response_headers=tuple((str(k), str(v)) for k, v in e["response_headers"]),
-            response_body=base64.b64decode(e["response_body"]),
-            request_truncated=bool(e["request_truncated"]),
-            response_truncated=bool(e["response_truncated"]),
-        )
-    metadata = d["raw_metadata"]
-    if not isinstance(metadata, dict):
-        raise TypeError("raw_metadata is not an object")
-    return RequestRecord(
-        id=uuid.UUID(d["id"]),
-        api_key_id=uuid.UUID(d["api_key_id"]) if d["api_key_id"] else None,
-        provider=str(d["provider"]),
-        model=str(d["model"]),
-        request_path=str(d["request_path"]),
-        request_method=str(d["request_method"]),
-        requested_at=datetime.fromisoformat(d["requested_at"]),
-        responded_at=datetime.fromisoformat(d["responded_at"]),
-        status_code=int(d["status_code"]),
-        usage=Usage(*(int(n) for n in d["usage"])),
-        response_time_ms=int(d["response_time_ms"]),
-        time_to_first_byte_ms=d["time_to_first_byte_ms"],
-        streamed=bool(d["streamed"]),
-        provider_api_key_hash=d["provider_api_key_hash"],
-        provider_api_key_alias=d["provider_api_key_alias"],
-        error_message=d["error_message"],
-        usage_error=d.get("usage_error"),  # absent from lines older versions wrote
-        raw_metadata=metadata,
-        exchange=exchange,
-    )
+    record: RequestRecord = _decode_dataclass(d, RequestRecord)
+    return record
 
 
 def encode(record: RequestRecord) -> bytes:
