@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
-import trio_asyncio
 
 from majordomo.cli.pricing import recalculate_costs, render_report
 from majordomo.db import open_database
@@ -231,7 +230,7 @@ async def test_recalc_pages_through_rows_sharing_a_timestamp(pg: PgAdmin) -> Non
         for i in range(7)
     ]  # fmt: skip
     book = PriceBook({"gpt-4o": ModelPrice(Decimal(1), Decimal(1))})
-    async with trio_asyncio.open_loop(), open_database(pg.settings) as db:
+    async with open_database(pg.settings) as db:
         await db.migrate()
         await trio.to_thread.run_sync(insert_rows, pg, rows)
         since = datetime(2025, 6, 1, tzinfo=UTC)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 
 from majordomo.cli.usage import (
     CSV_COLUMNS,
@@ -172,7 +171,7 @@ JUNE_8 = datetime(2025, 6, 8, tzinfo=UTC)
 
 async def test_every_grouping_adds_up_exactly(pg: PgAdmin) -> None:
     await trio.to_thread.run_sync(seed, pg)
-    async with trio_asyncio.open_loop(), open_database(pg.settings) as db:
+    async with open_database(pg.settings) as db:
         for by, every in EXPECTED.items():
             report = await load_report(db, JUNE_1, JUNE_8, parse_grouping(by))
             shown = report_json(report)

@@ -7,17 +7,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 import trio
-import trio_asyncio
 
 from majordomo import db as dbmod
 from majordomo.auth import generate_key, hash_key
 from majordomo.config import PostgresSettings
 from majordomo.db import Database, open_database
-from majordomo.errors import DatabaseUnavailable, MajordomoError, sole_error
+from majordomo.errors import DatabaseUnavailable, MajordomoError, RowsRefused, sole_error
 from majordomo.records import RequestRecord, Usage
 from tests.pghelpers import PgAdmin
+from tests.poll import wait_until
 
 
 @asynccontextmanager
@@ -25,7 +26,7 @@ async def database(
     settings: PostgresSettings, *, migrate: bool = True, create: bool = False
 ) -> AsyncIterator[Database]:
     try:
-        async with trio_asyncio.open_loop(), open_database(settings, create_database=create) as db:
+        async with open_database(settings, create_database=create) as db:
             if migrate:
                 await db.migrate()
             yield db
@@ -58,9 +59,9 @@ async def test_migrate_creates_the_contract_tables_and_is_idempotent(pg: PgAdmin
     async with database(pg.settings, migrate=False) as db:
         assert await db.schema_version() is None
         assert await db.migrate() == dbmod.SCHEMA_VERSION
-        key = await db.create_key(hash_key(generate_key()), "kept", None)
+        key = await db.keys.create(hash_key(generate_key()), "kept", None)
         assert await db.migrate() == dbmod.SCHEMA_VERSION  # again: nothing changes
-        assert [k.id for k in await db.list_keys()] == [key.id]
+        assert [k.id for k in await db.keys.list()] == [key.id]
     for table, columns in CONTRACT_COLUMNS.items():
         rows = await pg.afetch(
             "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
@@ -98,55 +99,44 @@ def test_schema_sql_ships_inside_the_package() -> None:
 async def test_key_lifecycle(pg: PgAdmin) -> None:
     plaintext = generate_key()
     async with database(pg.settings) as db:
-        key = await db.create_key(hash_key(plaintext), "prod", "for prod")
+        key = await db.keys.create(hash_key(plaintext), "prod", "for prod")
         assert key.is_active
         assert key.revoked_at is None
         assert key.request_count == 0
-        assert (await db.get_key(key.id)) == key
-        renamed = await db.update_key(key.id, name="prod-2", description=None)
+        assert (await db.keys.get(key.id)) == key
+        renamed = await db.keys.update(key.id, name="prod-2", description=None)
         assert (renamed.name, renamed.description) == ("prod-2", "for prod")
-        revoked = await db.revoke_key(key.id)
+        revoked = await db.keys.revoke(key.id)
         assert not revoked.is_active
         assert revoked.revoked_at is not None
         with pytest.raises(MajordomoError, match=r"already revoked \(since .*\); nothing to do"):
-            await db.revoke_key(key.id)
+            await db.keys.revoke(key.id)
         missing = uuid.uuid4()
-        for call in (db.get_key(missing), db.revoke_key(missing)):
+        for call in (db.keys.get(missing), db.keys.revoke(missing)):
             with pytest.raises(
                 MajordomoError, match=f"no key with id {missing}; 'majordomo keys list'"
             ):
                 await call
         with pytest.raises(MajordomoError, match="no key with id"):
-            await db.update_key(missing, name="x", description=None)
+            await db.keys.update(missing, name="x", description=None)
     stored = await pg.afetchval("SELECT key_hash FROM api_keys")
     assert stored == hash_key(plaintext)
     assert plaintext not in str(await pg.afetch("SELECT * FROM api_keys"))
 
 
 async def test_revoke_and_update_notify_every_gateway(pg: PgAdmin) -> None:
-    import asyncio
-
-    import asyncpg
-
     plaintext = generate_key()
-    s = pg.settings
-    async with database(s) as db:
-        key = await db.create_key(hash_key(plaintext), "watched", None)
-        heard: list[str] = []
-
-        async def listen() -> asyncpg.Connection:
-            conn = await asyncpg.connect(host=s.host, port=s.port, user=s.user, database=s.database)
-            await conn.add_listener(dbmod.KEYS_CHANNEL, lambda *args: heard.append(args[3]))
-            return conn
-
-        conn = await trio_asyncio.aio_as_trio(listen)()
-        await db.update_key(key.id, name="renamed", description=None)
-        await db.revoke_key(key.id)
-        with trio.fail_after(5):
-            while len(heard) < 2:
-                await trio_asyncio.aio_as_trio(asyncio.sleep)(0.01)
-        await trio_asyncio.aio_as_trio(conn.close)()
-    assert heard == [hash_key(plaintext)] * 2
+    async with database(pg.settings) as db, database(pg.settings) as other:
+        key = await db.keys.create(hash_key(plaintext), "watched", None)
+        heard: list[str | None] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other.keys.listen_for_changes, heard.append)
+            await wait_until(lambda: heard == [None], deadline=10, what="listening")
+            await db.keys.update(key.id, name="renamed", description=None)
+            await db.keys.revoke(key.id)
+            await wait_until(lambda: len(heard) == 3, deadline=10, what="two notifications")
+            nursery.cancel_scope.cancel()
+    assert heard == [None, hash_key(plaintext), hash_key(plaintext)]
 
 
 async def test_records_insert_once_even_when_replayed(pg: PgAdmin) -> None:
@@ -165,8 +155,8 @@ async def test_records_insert_once_even_when_replayed(pg: PgAdmin) -> None:
         raw_metadata={"user-id": "u1"},
     )
     async with database(pg.settings) as db:
-        await db.insert_records([record])
-        await db.insert_records([record, dataclasses.replace(record, id=uuid.uuid4())])
+        await db.requests.insert([record])
+        await db.requests.insert([record, dataclasses.replace(record, id=uuid.uuid4())])
     rows = await pg.afetch("SELECT * FROM llm_requests ORDER BY created_at")
     assert len(rows) == 2
     row = rows[0]
@@ -227,3 +217,24 @@ async def test_passwords_with_url_characters_reach_the_server_verbatim(pg: PgAdm
     finally:
         await hba_file.write_text(original)
         await pg.afetch("SELECT pg_reload_conf()")
+
+
+@pytest.mark.parametrize(
+    ("raised", "stores_rows", "expected"),
+    [
+        # asyncpg's lost connections subclass PostgresError: still "unreachable", never refused.
+        (asyncpg.AdminShutdownError("terminating"), True, DatabaseUnavailable),
+        (asyncpg.ConnectionDoesNotExistError("closed"), True, DatabaseUnavailable),
+        (asyncpg.CannotConnectNowError("starting"), False, DatabaseUnavailable),
+        (OSError("network is unreachable"), False, DatabaseUnavailable),
+        (asyncpg.DeadlockDetectedError("deadlock"), True, DatabaseUnavailable),
+        (asyncpg.CharacterNotInRepertoireError("bad text"), True, RowsRefused),
+        (asyncpg.UniqueViolationError("duplicate"), False, asyncpg.UniqueViolationError),
+    ],
+)
+def test_one_translation_of_driver_errors(
+    raised: Exception, stores_rows: bool, expected: type[Exception]
+) -> None:
+    db = Database(None, PostgresSettings(host="db.internal"))
+    with pytest.raises(expected), db.translated(stores_rows=stores_rows):
+        raise raised

@@ -83,9 +83,7 @@ def test_malformed_fields_are_refused(field: str, bad: object) -> None:
 
 
 async def test_the_columns_are_exactly_the_tables(pg: PgAdmin) -> None:
-    import trio_asyncio
-
-    async with trio_asyncio.open_loop(), open_database(pg.settings) as db:
+    async with open_database(pg.settings) as db:
         await db.migrate()
     rows = await pg.afetch(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'llm_requests'"

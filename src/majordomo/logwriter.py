@@ -233,7 +233,7 @@ class LogWriter:
         """One insert, within `write_timeout` (cancelling the statement past it)."""
         try:
             with trio.fail_after(self.write_timeout):
-                await self.db.insert_records(batch, extras)
+                await self.db.requests.insert(batch, extras)
         except trio.TooSlowError:
             raise DatabaseUnavailable(
                 f"writing {len(batch)} usage records took more than {self.write_timeout:g}s "

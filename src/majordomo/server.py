@@ -1,11 +1,12 @@
 """The supervisor: one trio program that owns every lifetime.
 
-    trio_asyncio loop                 (asyncpg runs on it)
-     └─ asyncpg pool, httpx.AsyncClient
-         └─ background nursery        (long-lived helpers, e.g. the pricing refresher)
-             └─ writer nursery
-                 ├─ log writer        ← memory channel ← request handlers (send_nowait)
-                 └─ hypercorn serve(app, shutdown_trigger)
+    listening sockets                 bound first: a busy address fails before anything starts
+     └─ db.open_database             the trio-asyncio loop (asyncpg runs on it) and the pool
+         └─ httpx.AsyncClient
+             └─ background nursery    (long-lived helpers, e.g. the pricing refresher)
+                 └─ writer nursery
+                     ├─ log writer    ← memory channel ← request handlers (send_nowait)
+                     └─ hypercorn serve(app, shutdown_trigger)
 
 Shutdown, in order: a signal (or the injected trigger) fires → readiness answers 503 →
 hypercorn stops accepting and gives in-flight requests `server.shutdown_timeout` to finish →
@@ -22,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
-import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
@@ -33,7 +33,7 @@ from majordomo.auth import KeyCache
 from majordomo.bodystore import open_body_store
 from majordomo.config import PostgresSettings, Settings
 from majordomo.db import describe, open_database
-from majordomo.errors import DatabaseUnavailable, MajordomoError
+from majordomo.errors import MajordomoError
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook, refresh_prices
@@ -57,7 +57,7 @@ async def forget_changed_keys(state: GatewayState) -> None:
         else:
             state.keys.invalidate(key_hash)
 
-    await state.db.listen_for_key_changes(on_change)
+    await state.db.keys.listen_for_changes(on_change)
 
 
 async def refresh_price_table(state: GatewayState) -> None:
@@ -119,28 +119,6 @@ def bind_sockets(settings: Settings) -> Sockets:
     return sockets
 
 
-async def wait_for_database(
-    postgres: PostgresSettings, *, create_database: bool, wait: float
-) -> None:
-    """Return once PostgreSQL accepts a connection; give up after `wait` seconds.
-
-    Orchestrators often start the gateway beside its database: waiting a little beats a
-    crash loop. Past `wait`, the last error stops start-up.
-    """
-    deadline = trio.current_time() + wait
-    delay = 0.25
-    while True:
-        try:
-            async with open_database(postgres, create_database=create_database, min_size=1):
-                return
-        except DatabaseUnavailable as exc:
-            if trio.current_time() + delay > deadline:
-                raise
-            log.warning("waiting for the database (%s); retrying in %.2gs", exc, delay)
-        await trio.sleep(delay)
-        delay = min(delay * 2, 5.0)
-
-
 async def run_gateway(
     settings: Settings,
     postgres: PostgresSettings,
@@ -184,49 +162,47 @@ async def _run(
     sockets: Sockets,
     task_status: trio.TaskStatus[GatewayState],
 ) -> None:
-    async with trio_asyncio.open_loop():
-        await wait_for_database(
-            postgres, create_database=create_database, wait=settings.storage.startup_wait
-        )
-        async with open_database(postgres, create_database=create_database) as db:
-            if settings.storage.auto_migrate:
-                version = await db.migrate()
-                log.info("schema is at version %d", version, extra={"database": describe(postgres)})
-            async with new_http_client() as http:
-                # Capacity from logging.queue_size; when it is full the handler is told at once
-                # (send_nowait) and never waits for the database.
-                send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)
-                keys = KeyCache(
-                    db.find_key,
-                    ttl=settings.auth.cache_ttl,
-                    negative_ttl=settings.auth.negative_cache_ttl,
+    async with open_database(
+        postgres, create_database=create_database, wait=settings.storage.startup_wait
+    ) as db:
+        if settings.storage.auto_migrate:
+            version = await db.migrate()
+            log.info("schema is at version %d", version, extra={"database": describe(postgres)})
+        async with new_http_client() as http:
+            # Capacity from logging.queue_size; when it is full the handler is told at once
+            # (send_nowait) and never waits for the database.
+            send, receive = trio.open_memory_channel[RequestRecord](settings.logging.queue_size)
+            keys = KeyCache(
+                db.keys.find,
+                ttl=settings.auth.cache_ttl,
+                negative_ttl=settings.auth.negative_cache_ttl,
+            )
+            spool = Spool(Path(settings.logging.spool_dir))
+            bodies = open_body_store(settings)
+            prices = PriceBook(settings.pricing.overrides)
+            metrics = Metrics(
+                queue_depth=lambda: receive.statistics().current_buffer_used,
+                body_uploads_failed=lambda: bodies.failed_uploads,
+            )
+            state = GatewayState(
+                settings=settings,
+                db=db,
+                http=http,
+                records=send,
+                keys=keys,
+                spool=spool,
+                metrics=metrics,
+                bodies=bodies,
+                prices=prices,
+            )
+            try:
+                await _supervise(
+                    state, receive, shutdown_trigger, background_tasks, sockets, task_status
                 )
-                spool = Spool(Path(settings.logging.spool_dir))
-                bodies = open_body_store(settings)
-                prices = PriceBook(settings.pricing.overrides)
-                metrics = Metrics(
-                    queue_depth=lambda: receive.statistics().current_buffer_used,
-                    body_uploads_failed=lambda: bodies.failed_uploads,
-                )
-                state = GatewayState(
-                    settings=settings,
-                    db=db,
-                    http=http,
-                    records=send,
-                    keys=keys,
-                    spool=spool,
-                    metrics=metrics,
-                    bodies=bodies,
-                    prices=prices,
-                )
-                try:
-                    await _supervise(
-                        state, receive, shutdown_trigger, background_tasks, sockets, task_status
-                    )
-                finally:
-                    # After the writer: it is the body store's last user.
-                    with trio.CancelScope(shield=True):
-                        await bodies.aclose()
+            finally:
+                # After the writer: it is the body store's last user.
+                with trio.CancelScope(shield=True):
+                    await bodies.aclose()
 
 
 async def _supervise(

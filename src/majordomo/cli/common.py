@@ -13,7 +13,6 @@ from typing import Annotated, Any, TypeVar
 
 import cyclopts
 import trio
-import trio_asyncio
 
 from majordomo import config
 from majordomo.config import PostgresSettings, Settings
@@ -71,10 +70,7 @@ def run_with_database(ctx: Context, action: Callable[[Database], Awaitable[T]]) 
     """Run `action` with an open database (schema applied unless auto_migrate is off)."""
 
     async def main() -> T:
-        async with (
-            trio_asyncio.open_loop(),
-            open_database(ctx.postgres, create_database=ctx.create_database) as db,
-        ):
+        async with open_database(ctx.postgres, create_database=ctx.create_database) as db:
             if ctx.settings.storage.auto_migrate:
                 await db.migrate()
             return await action(db)

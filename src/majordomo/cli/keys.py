@@ -55,7 +55,7 @@ def create(
     plaintext = generate_key()
 
     async def action(db: Database) -> ApiKey:
-        return await db.create_key(hash_key(plaintext), name, description)
+        return await db.keys.create(hash_key(plaintext), name, description)
 
     key = run_with_database(ctx, action)
     if json:
@@ -72,7 +72,7 @@ def list_(*, json: JsonFlag = False, config: ConfigOption = None) -> None:
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> list[ApiKey]:
-        return await db.list_keys()
+        return await db.keys.list()
 
     keys = run_with_database(ctx, action)
     if json:
@@ -97,7 +97,7 @@ def get(key_id: KeyId, /, *, json: JsonFlag = False, config: ConfigOption = None
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> ApiKey:
-        return await db.get_key(parsed)
+        return await db.keys.get(parsed)
 
     key = run_with_database(ctx, action)
     print_json(key.as_json()) if json else print(_describe(key))
@@ -122,7 +122,7 @@ def update(
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> ApiKey:
-        return await db.update_key(parsed, name=name, description=description)
+        return await db.keys.update(parsed, name=name, description=description)
 
     key = run_with_database(ctx, action)
     print_json(key.as_json()) if json else print(f"Updated key {key.id}.\n{_describe(key)}")
@@ -135,7 +135,7 @@ def revoke(key_id: KeyId, /, *, json: JsonFlag = False, config: ConfigOption = N
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> ApiKey:
-        return await db.revoke_key(parsed)
+        return await db.keys.revoke(parsed)
 
     key = run_with_database(ctx, action)
     print_json(key.as_json()) if json else print(f"Revoked key {key.id} ({key.name}).")

@@ -35,7 +35,7 @@ def list_(*, key: KeyOption, json: JsonFlag = False, config: ConfigOption = None
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> list[MetadataKey]:
-        return await db.list_metadata_keys(key_id)
+        return await db.metadata.list(key_id)
 
     keys = run_with_database(ctx, action)
     if json:
@@ -54,7 +54,7 @@ def _set_active(key: str, name: str, active: bool, json: bool, config: ConfigOpt
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> MetadataKey:
-        return await db.set_metadata_key_active(key_id, name.strip().lower(), active)
+        return await db.metadata.set_active(key_id, name.strip().lower(), active)
 
     m = run_with_database(ctx, action)
     if json:
@@ -98,7 +98,7 @@ def backfill(
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> int:
-        return await db.backfill_indexed_metadata(key_id)
+        return await db.metadata.backfill(key_id)
 
     changed = run_with_database(ctx, action)
     if json:

@@ -241,7 +241,7 @@ async def recalculate_costs(
     report = RecalcReport(since, model, dry_run)
     after = None
     while True:
-        rows = await db.rows_to_reprice(since, model, after, batch_size)
+        rows = await db.requests.rows_to_reprice(since, model, after, batch_size)
         if not rows:
             return report
         updates = []
@@ -274,7 +274,7 @@ async def recalculate_costs(
             change.after += cost.total_cost
             updates.append((row["id"], *new))
         if updates and not dry_run:
-            await db.update_costs(updates)
+            await db.requests.update_costs(updates)
         last = rows[-1]
         after = (last["requested_at"], last["id"])
 

@@ -194,7 +194,7 @@ async def load_report(
 ) -> UsageReport:
     """Ask the database for the window's groups. The day view lists days in order: the days
     with requests, or with `all_days` every day of the window, idle ones at 0."""
-    rows = await db.usage_report(
+    rows = await db.reports.usage(
         since,
         until,
         by=grouping.by,
