@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 import pytest
 import trio
 
-from majordomo.cli.pricing import recalculate_costs, render_report
+from majordomo.cli.pricing import render_report
 from majordomo.db import open_database
 from majordomo.pricing import ModelPrice, PriceBook
+from majordomo.pricing.recalc import recalculate_costs
 from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
 

@@ -35,6 +35,7 @@ from majordomo.pricing import (
     refresh_once,
     refresh_prices,
 )
+from majordomo.pricing import book as pricing_book
 from majordomo.records import Usage
 
 AT = datetime(2025, 10, 1, 12, 0, tzinfo=UTC)
@@ -231,7 +232,7 @@ def test_fast_path_agrees_with_genai_prices_on_every_model(book: PriceBook) -> N
                         provider,
                         genai_request_timestamp=at,
                     )
-                    ours = pricing._token_costs(prices, u)
+                    ours = pricing_book._token_costs(prices, u)
                     assert ours == (theirs.input_price, theirs.output_price), (model.id, at, u)
                     checked += 1
     assert checked > 1000

@@ -289,7 +289,8 @@ class S3Settings:
 
 
 def _parse_price_overrides(raw: Any) -> Any:
-    from majordomo.pricing import parse_overrides  # imported when used: pricing is large
+    # Imported when used: the pricing package brings httpx and the price book along.
+    from majordomo.pricing import parse_overrides
 
     return parse_overrides(raw)
 
@@ -308,7 +309,7 @@ class PricingSettings:
     )
     # A mapping, not a scalar: {model: {input, output, cache_read, cache_write}} in USD per
     # 1M tokens; in the environment, the same as a JSON object.
-    overrides: Mapping[str, Any] = field(
+    overrides: Mapping[str, ModelPrice] = field(
         default_factory=dict,
         metadata={
             "parse": _parse_price_overrides,
@@ -368,6 +369,7 @@ class _ProvidersCommon:
 
 
 if TYPE_CHECKING:
+    from majordomo.pricing.overrides import ModelPrice
 
     class ProvidersSettings(_ProvidersCommon):
         def __getattr__(self, name: str) -> UpstreamSettings: ...

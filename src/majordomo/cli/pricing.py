@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import cyclopts
 import httpx
@@ -20,15 +18,13 @@ from majordomo.db import Database
 from majordomo.errors import MajordomoError
 from majordomo.logconfig import configure_logging
 from majordomo.pricing import (
-    ModelPrice,
     PriceBook,
     PriceField,
     PriceRefreshError,
     ResolvedPrice,
     fetch_remote_table,
-    parse_overrides,
 )
-from majordomo.records import Usage
+from majordomo.pricing.recalc import RecalcReport, recalculate_costs
 
 pricing_app = cyclopts.App(
     name="pricing", help="Show the prices in use; recompute stored costs after a correction."
@@ -52,13 +48,6 @@ FetchFlag = Annotated[
         "and overrides only, no network).",
     ),
 ]
-
-# Rows read, repriced and written per round trip by `recalc`.
-RECALC_BATCH = 1000
-# The scale of llm_requests' cost columns; PostgreSQL rounds half away from zero.
-_STORED_SCALE = Decimal("1e-10")
-# Default bound on one fetch of the remote table (pricing.refresh_timeout, once it exists).
-DEFAULT_FETCH_TIMEOUT = 30.0
 
 
 # -- show ---------------------------------------------------------------------------------
@@ -156,146 +145,6 @@ def recalc(
         print(render_report(report))
 
 
-@dataclass
-class ModelChange:
-    """What recalculation did to the rows of one (provider, model)."""
-
-    provider: str
-    model: str
-    rows: int = 0
-    changed: int = 0
-    unpriced_kept: int = 0
-    before: Decimal = Decimal(0)
-    after: Decimal = Decimal(0)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "rows": self.rows,
-            "changed": self.changed,
-            "unpriced_kept": self.unpriced_kept,
-            "total_cost_before": str(self.before),
-            "total_cost_after": str(self.after),
-        }
-
-
-@dataclass
-class RecalcReport:
-    """What `pricing recalc` did: row counts and total cost before and after, per model too."""
-
-    since: datetime
-    model: str | None
-    dry_run: bool
-    by_model: dict[tuple[str, str], ModelChange] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> int:
-        return sum(m.rows for m in self.by_model.values())
-
-    @property
-    def changed(self) -> int:
-        return sum(m.changed for m in self.by_model.values())
-
-    @property
-    def unpriced_kept(self) -> int:
-        return sum(m.unpriced_kept for m in self.by_model.values())
-
-    @property
-    def before(self) -> Decimal:
-        return sum((m.before for m in self.by_model.values()), Decimal(0))
-
-    @property
-    def after(self) -> Decimal:
-        return sum((m.after for m in self.by_model.values()), Decimal(0))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "since": self.since.isoformat(),
-            "model": self.model,
-            "dry_run": self.dry_run,
-            "rows": self.rows,
-            "changed": self.changed,
-            "unpriced_kept": self.unpriced_kept,
-            "total_cost_before": str(self.before),
-            "total_cost_after": str(self.after),
-            "models": [m.as_json() for m in self.by_model.values() if m.changed or m.unpriced_kept],
-        }
-
-
-async def recalculate_costs(
-    db: Database,
-    book: PriceBook,
-    since: datetime,
-    *,
-    model: str | None = None,
-    dry_run: bool = False,
-    batch_size: int = RECALC_BATCH,
-) -> RecalcReport:
-    """Reprice every row requested at or after `since` (of `model`, if given), in batches.
-
-    A row is rewritten only when its cost or `model_alias_found` changes. A row that had a
-    price but finds none now (a model known only to the remote table, say) keeps its cost and
-    is counted in `unpriced_kept`.
-    """
-    report = RecalcReport(since, model, dry_run)
-    after = None
-    while True:
-        rows = await db.requests.rows_to_reprice(since, model, after, batch_size)
-        if not rows:
-            return report
-        updates = []
-        for row in rows:
-            change = report.by_model.get((row["provider"], row["model"]))
-            if change is None:
-                change = ModelChange(row["provider"], row["model"])
-                report.by_model[(row["provider"], row["model"])] = change
-            usage = Usage(
-                input_tokens=row["input_tokens"],
-                output_tokens=row["output_tokens"],
-                cached_tokens=row["cached_tokens"],
-                cache_creation_tokens=row["cache_creation_tokens"],
-                reasoning_tokens=row["reasoning_tokens"],
-            )
-            cost = book.cost(row["provider"], row["model"], usage, row["requested_at"])
-            stored: Decimal = row["total_cost"]
-            change.rows += 1
-            change.before += stored
-            if not cost.found and row["model_alias_found"]:
-                change.unpriced_kept += 1
-                change.after += stored
-                continue
-            new = (cost.input_cost, cost.output_cost, cost.total_cost, cost.found)
-            old = (row["input_cost"], row["output_cost"], stored, row["model_alias_found"])
-            if _same_stored(new, old):
-                change.after += stored
-                continue
-            change.changed += 1
-            change.after += cost.total_cost
-            updates.append((row["id"], *new))
-        if updates and not dry_run:
-            await db.requests.update_costs(updates)
-        last = rows[-1]
-        after = (last["requested_at"], last["id"])
-
-
-def _same_stored(new: tuple[Any, ...], old: tuple[Any, ...]) -> bool:
-    """Whether storing `new` would leave the row as it is.
-
-    The cost columns are numeric(20, 10): a new cost is compared as the column will round it.
-    """
-    if new[3] != old[3]:
-        return False
-    return all(
-        _as_stored(value) == _as_stored(stored)
-        for value, stored in zip(new[:3], old[:3], strict=True)
-    )
-
-
-def _as_stored(value: Decimal) -> Decimal:
-    return value.quantize(_STORED_SCALE, rounding=ROUND_HALF_UP)
-
-
 def render_report(report: RecalcReport) -> str:
     """The human form of `pricing recalc`."""
     scope = f" of model {report.model}" if report.model else ""
@@ -339,12 +188,12 @@ def parse_when(raw: str, option: str) -> datetime:
 
 def build_price_book(settings: Settings, *, fetch: bool) -> PriceBook:
     """A price book with the configured overrides and, with `fetch`, the remote table."""
-    book = PriceBook(configured_overrides(settings))
+    book = PriceBook(settings.pricing.overrides)
     if fetch:
         url = settings.pricing.remote_url
         if not url:
             raise MajordomoError("--fetch needs pricing.remote_url; it is empty")
-        timeout = float(getattr(settings.pricing, "refresh_timeout", DEFAULT_FETCH_TIMEOUT))
+        timeout = settings.pricing.refresh_timeout
 
         async def fetch_table() -> None:
             async with httpx.AsyncClient() as http:
@@ -358,17 +207,6 @@ def build_price_book(settings: Settings, *, fetch: bool) -> PriceBook:
                 "bundled prices and overrides"
             ) from None
     return book
-
-
-def configured_overrides(settings: Settings) -> dict[str, ModelPrice]:
-    """`pricing.overrides`, parsed (accepts the raw mapping too, whatever config.py keeps)."""
-    raw = getattr(settings.pricing, "overrides", None)
-    if isinstance(raw, Mapping) and all(isinstance(v, ModelPrice) for v in raw.values()):
-        return dict(raw)
-    try:
-        return parse_overrides(raw)
-    except ValueError as exc:
-        raise MajordomoError(f"pricing.overrides is not allowed: {exc}") from None
 
 
 def _load_settings(config_path: Path | None) -> Settings:
