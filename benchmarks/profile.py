@@ -37,11 +37,15 @@ STAGES: list[tuple[str, str]] = [
     ("asyncpg / trio-asyncio (database writes)", "asyncpg/"),
     ("trio-asyncio loop", "trio_asyncio/"),
     ("provider parsing (majordomo.providers, majordomo.sse)", "majordomo/providers/"),
-    ("record building (RequestRecord)", "_record (majordomo/proxy.py"),
+    ("the tee: decompress, parse, capture (majordomo.proxy.tee)", "majordomo/proxy/tee.py"),
+    ("record building (RequestRecord)", "build_record (majordomo/proxy/outcome.py"),
     ("auth (majordomo.auth)", "majordomo/auth.py"),
     ("building the httpx.Request (URL parsing, headers)", "Request.__init__ (httpx/_models.py"),
     ("httpcore pool: expiry checks of idle connections", "_assign_requests_to_connections ("),
-    ("writing the response: proxy._write and hypercorn/h11 below it", "_write (majordomo/proxy.py"),
+    (
+        "writing the response: proxy._write and hypercorn/h11 below it",
+        "_write (majordomo/proxy/handler.py",
+    ),
     ("logging module", " (logging/"),
     ("json (encode/decode)", " (json/"),
 ]

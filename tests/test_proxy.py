@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from majordomo.proxy import credential_hash, error_message_from, metadata_from, upstream_headers
+from majordomo.proxy.headers import credential_hash, metadata_from, upstream_headers
+from majordomo.proxy.tee import error_message_from
 
 
 def sha(text: str) -> str:

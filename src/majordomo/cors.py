@@ -7,7 +7,7 @@ origin and none for another (the browser then refuses the real request). Every o
 a listed origin, proxied or the gateway's own, gets `Access-Control-Allow-Origin` for it.
 
 The provider's own `Access-Control-*` headers describe its policy for its origin, not ours:
-the proxy never relays them (`proxy.downstream_headers`).
+the proxy never relays them (`proxy.headers.downstream_headers`).
 """
 
 from __future__ import annotations

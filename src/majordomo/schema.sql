@@ -4,7 +4,7 @@
 --
 -- Changing it: never rename or drop a column (the names are a contract). Add columns with
 -- ALTER TABLE ... ADD COLUMN IF NOT EXISTS at the end of this file and bump the version
--- recorded in the last statement (and SCHEMA_VERSION in db.py).
+-- recorded in the last statement (and SCHEMA_VERSION in db/__init__.py).
 
 CREATE TABLE IF NOT EXISTS majordomo_schema (
     version     integer PRIMARY KEY,

@@ -1,0 +1,482 @@
+"""One proxied request, read top to bottom (`ProxyRequest.run`).
+
+    detect the provider → authenticate → read the body → forward → relay → record
+
+Each step either returns what the next one needs or refuses the request with `_Reply` (a
+4xx/503 in the detected provider's error shape, before anything was forwarded: no row).
+Forwarding returns one `Outcome` (`outcome.py`), decided where it happened; the response is
+relayed chunk by chunk through a `Tee` (`tee.py`), which learns model and usage on the way.
+Every forwarded request ends in exactly one record, even when forwarding is cut short.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import httpx
+import trio
+
+from majordomo import providers, redact
+from majordomo.auth import KeyCache
+from majordomo.config import Settings
+from majordomo.errors import DatabaseUnavailable, Unauthorized
+from majordomo.metrics import Metrics
+from majordomo.providers import PROVIDER_NAMES, ProviderModule, RequestInfo
+from majordomo.proxy.headers import (
+    KEY_HEADER,
+    PROVIDER_HEADER,
+    RawHeaders,
+    connection_headers,
+    downstream_headers,
+    header,
+    metadata_from,
+    upstream_headers,
+)
+from majordomo.proxy.outcome import CLIENT_CLOSED_REQUEST, Incoming, Outcome, build_record
+from majordomo.proxy.tee import Tee, TeeResult
+from majordomo.proxy.upstream import Upstreams, check_target
+from majordomo.records import RequestRecord
+from majordomo.spool import Spool
+
+log = logging.getLogger("majordomo.proxy")
+access = logging.getLogger("majordomo.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# After a client disconnects mid-response, how long the upstream may take to finish (seconds).
+DISCONNECT_GRACE = 0.5
+
+
+@dataclass
+class ProxyContext:
+    """What every proxied request shares; built once by the supervisor."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    keys: KeyCache
+    records: trio.MemorySendChannel[RequestRecord]
+    upstreams: Upstreams
+    spool: Spool
+    metrics: Metrics
+    timeout: dict[str, float | None] = field(init=False)
+    keep_bodies: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.settings.providers
+        self.timeout = httpx.Timeout(
+            connect=p.connect_timeout,
+            read=p.idle_timeout,
+            write=p.idle_timeout,
+            pool=p.connect_timeout,
+        ).as_dict()
+        self.keep_bodies = self.settings.logging.body_storage != "none"
+
+
+async def handle_proxy(ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+    await ProxyRequest(ctx, scope, receive, send).run()
+
+
+class _Reply(Exception):
+    """Raised to answer the client with an error of our own, in the provider's format."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _ClientTooSlow(Exception):
+    """The client did not accept a chunk within `server.write_timeout`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """Where forwarding stopped: the status the row gets and, for ours, the message."""
+
+    status: int
+    error_message: str | None = None
+
+
+class ProxyRequest:
+    """One request. `run` is the whole story; the other methods are its steps."""
+
+    def __init__(self, ctx: ProxyContext, scope: Scope, receive: Receive, send: Send) -> None:
+        self.ctx = ctx
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.id = uuid.uuid4()
+        self.t0 = time.perf_counter()
+        self.requested_at = datetime.now(UTC)
+        self.headers: RawHeaders = scope["headers"]
+        self.path: str = scope["path"]
+        self.method: str = scope["method"]
+        self.query: bytes = scope["query_string"]
+        # Until detection says otherwise, refusals speak OpenAI's error shape.
+        self.module: ProviderModule = providers.get_provider("openai")
+        self.provider = "openai"
+        # Set while forwarding; read by the writes and the disconnect watcher.
+        self.client_gone = False
+        self.response_started = False
+        self.ttfb_ms: int | None = None
+        self.response_headers: RawHeaders = []
+        self.tee: Tee | None = None
+
+    async def run(self) -> None:
+        try:
+            upstream_url = self._detect_provider()
+            key_id = await self._authenticate()
+            body = await self._read_body()
+        except _Reply as reply:
+            await self._refuse(reply)
+            return
+        metadata, dropped = metadata_from(self.headers)
+        self.ctx.metrics.metadata_dropped += dropped
+        request = Incoming(
+            id=self.id,
+            requested_at=self.requested_at,
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            headers=self.headers,
+            provider=self.provider,
+            key_id=key_id,
+            body=body,
+            info=self.module.request_info(
+                self.path,
+                self.query.decode("latin-1"),
+                body,
+                inject_stream_usage=self.ctx.settings.providers.inject_stream_usage,
+            ),
+            metadata=metadata,
+        )
+        ending: _Ending | None = None
+        try:
+            ending = await self._forward(request.info, upstream_url)
+        finally:
+            if ending is None:  # forwarding was cancelled from outside (the server stopping)
+                ending = self._cut_short()
+            tee = self.tee.close() if self.tee is not None else None
+            self._record(request, self._outcome(ending, tee), tee)
+
+    # -- detect, authenticate, read ----------------------------------------------------------
+
+    def _detect_provider(self) -> httpx.URL:
+        """Choose the provider (and its wire format); return the upstream URL."""
+        # An explicit provider is read first: even a refusal below speaks its error shape.
+        override = header(self.headers, PROVIDER_HEADER)
+        if override is not None:
+            name = override.decode("latin-1").strip().lower()
+            if name not in PROVIDER_NAMES:
+                raise _Reply(
+                    400,
+                    f"X-Majordomo-Provider {name!r} is not a provider; use one of "
+                    f"{', '.join(PROVIDER_NAMES)}",
+                )
+            self._use(name)
+        raw_path: bytes = self.scope.get("raw_path") or self.path.encode()
+        refused = check_target(self.method, raw_path)
+        if refused is not None:
+            raise _Reply(400, refused)
+        if override is None:
+            detected = providers.detect_provider(self.path, self.headers, self.query)
+            if detected is None:
+                raise _Reply(404, _not_served(self.path))
+            self._use(detected)
+        target = raw_path + b"?" + self.query if self.query else raw_path
+        try:
+            return self.ctx.upstreams.by_provider[self.provider].url(target)
+        except httpx.InvalidURL as exc:  # check_target passes only what a URL holds; still
+            raise _Reply(400, f"the request target cannot be forwarded: {exc}") from None
+
+    def _use(self, provider: str) -> None:
+        self.provider = provider
+        self.module = providers.get_provider(providers.wire_format(self.path, provider))
+
+    async def _authenticate(self) -> uuid.UUID:
+        raw = header(self.headers, KEY_HEADER)
+        try:
+            return await self.ctx.keys.authenticate(
+                raw.decode("latin-1").strip() if raw is not None else None
+            )
+        except Unauthorized as exc:
+            raise _Reply(401, str(exc)) from None
+        except DatabaseUnavailable as exc:
+            raise _Reply(503, str(exc)) from None
+
+    async def _read_body(self) -> bytes:
+        limit = self.ctx.settings.server.max_request_body
+        declared = header(self.headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Reply(413, self._too_large(int(declared)))
+        chunks: list[bytes] = []
+        size = 0
+        timeout = self.ctx.settings.server.read_timeout
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    message = await self.receive()
+            except trio.TooSlowError:
+                raise _Reply(
+                    408, f"the request body did not arrive within {timeout:g}s; send it again"
+                ) from None
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                raise _Reply(CLIENT_CLOSED_REQUEST, "client disconnected")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _Reply(413, self._too_large(size))
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self, size: int) -> str:
+        limit = self.ctx.settings.server.max_request_body
+        return (
+            f"request body of {size} bytes is over this gateway's limit of {limit} bytes "
+            "(server.max_request_body); send a smaller request"
+        )
+
+    async def _refuse(self, reply: _Reply) -> None:
+        """Answer a request refused before forwarding; it leaves no row, so the access log
+        line is written here."""
+        await self._reply(reply.status, reply.message)
+        if not self.ctx.settings.logging.access_log:
+            return
+        path = redact.scrub_text(self.path)
+        access.info(
+            "%s %s %s %d refused: %s",
+            self.method,
+            path,
+            self.provider,
+            reply.status,
+            reply.message,
+            extra={
+                "request_id": str(self.id),
+                "method": self.method,
+                "path": path,
+                "provider": self.provider,
+                "status": reply.status,
+            },
+        )
+
+    async def _reply(self, status: int, message: str) -> None:
+        if self.client_gone:
+            return
+        body = self.module.error_body(status, message)
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", str(self.id).encode()),
+                    *connection_headers(self.headers),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    # -- forward and relay -------------------------------------------------------------------
+
+    async def _forward(self, info: RequestInfo, url: httpx.URL) -> _Ending:
+        request = httpx.Request(
+            self.method,
+            url,
+            headers=upstream_headers(self.headers),
+            content=info.body,
+            extensions={"timeout": self.ctx.timeout},
+        )
+        # None until forwarding ends on its own; stays None if the disconnect watcher cut the
+        # relay short.
+        ending: _Ending | None = None
+        # The watcher runs from the moment the request goes upstream: a client that gives up
+        # while the provider is still thinking stops the upstream request too.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_for_disconnect, nursery.cancel_scope)
+            sent_at = time.perf_counter()
+            try:
+                response = await self.ctx.http.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                ending = self._failed(
+                    504, f"{self.provider} did not answer in time ({_describe(exc)})"
+                )
+            except httpx.HTTPError as exc:
+                ending = self._failed(502, f"cannot reach {self.provider}: {_describe(exc)}")
+            except Exception as exc:  # a bug, or something httpx does not map: still a 502 row
+                log.exception("forwarding to %s failed", self.provider)
+                ending = self._failed(502, f"cannot forward to {self.provider}: {_describe(exc)}")
+            else:
+                upstream_ms = (time.perf_counter() - sent_at) * 1000
+                try:
+                    ending = await self._relay(response, info, upstream_ms)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await response.aclose()
+            nursery.cancel_scope.cancel()
+        if ending is None:
+            return _Ending(
+                CLIENT_CLOSED_REQUEST, "client disconnected before the response was complete"
+            )
+        if ending.status in (502, 504) and not self.response_started:
+            await self._reply(ending.status, ending.error_message or "")
+        return ending
+
+    def _failed(self, status: int, message: str) -> _Ending:
+        log.warning(message, extra={"request_id": str(self.id), "provider": self.provider})
+        if self.client_gone:  # nobody is waiting for the answer any more
+            return _Ending(CLIENT_CLOSED_REQUEST, message)
+        return _Ending(status, message)
+
+    async def _watch_for_disconnect(self, relay: trio.CancelScope) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.client_gone = True
+        # Let the upstream finish for a moment: a client that hangs up as soon as it has read
+        # the last event (the openai SDK after `data: [DONE]`) received everything, and the
+        # record must say so. A real abort stops the upstream after this grace.
+        relay.deadline = min(relay.deadline, trio.current_time() + DISCONNECT_GRACE)
+
+    async def _relay(
+        self, response: httpx.Response, info: RequestInfo, upstream_ms: float
+    ) -> _Ending:
+        limits = self.ctx.settings.providers
+        bodies = self.ctx.settings.logging
+        self.response_headers = response.headers.raw
+        tee = self.tee = Tee(
+            self.module,
+            self.path,
+            status=response.status_code,
+            stream=info.stream,
+            strip_usage_chunk=info.strip_usage_chunk,
+            content_encoding=response.headers.get("content-encoding", "identity"),
+            max_event_size=limits.max_event_size,
+            max_decompressed_size=limits.max_decompressed_size,
+            capture_limit=bodies.max_body_size
+            if self.ctx.keep_bodies and bodies.store_response_body
+            else None,
+        )
+        # Content-Length goes down only for a body the upstream framed by length (never with a
+        # Transfer-Encoding beside it, which wins) and that reaches the client unchanged.
+        length_framed = "transfer-encoding" not in response.headers
+        headers = downstream_headers(
+            self.response_headers, keep_length=length_framed and not tee.edits
+        )
+        headers += connection_headers(self.headers)
+        # Everything since the request arrived, less the wait for the provider's answer.
+        overhead_ms = (time.perf_counter() - self.t0) * 1000 - upstream_ms
+        headers.append((b"x-request-id", str(self.id).encode()))
+        headers.append((b"x-majordomo-overhead-ms", f"{overhead_ms:.2f}".encode()))
+        try:
+            self.response_started = True
+            await self._write(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            # aclosing: a relay cut short (client gone, timeout) closes the generator at once.
+            async with aclosing(cast(AsyncGenerator[bytes], response.aiter_raw())) as upstream:
+                async for raw in upstream:
+                    out = tee.feed(raw)
+                    if out:
+                        await self._write(
+                            {"type": "http.response.body", "body": out, "more_body": True}
+                        )
+            result = tee.close()  # the whole answer arrived
+            if result.tail:
+                await self._write(
+                    {"type": "http.response.body", "body": result.tail, "more_body": True}
+                )
+            await self._write({"type": "http.response.body", "body": b"", "more_body": False})
+        except _ClientTooSlow:
+            return _Ending(
+                CLIENT_CLOSED_REQUEST,
+                "client stopped reading for more than "
+                f"{self.ctx.settings.server.write_timeout:g}s (server.write_timeout)",
+            )
+        except httpx.TimeoutException:
+            return self._failed(
+                504,
+                f"{self.provider} went silent for more than {limits.idle_timeout:g}s mid-response",
+            )
+        except httpx.HTTPError as exc:
+            return self._failed(502, f"{self.provider} broke off the response: {_describe(exc)}")
+        return _Ending(response.status_code, result.error_message)
+
+    async def _write(self, message: Message) -> None:
+        if self.client_gone:
+            return  # nobody to write to; keep reading the upstream to its end
+        if self.ttfb_ms is None and message["type"] == "http.response.body":
+            self.ttfb_ms = round((time.perf_counter() - self.t0) * 1000)
+        try:
+            with trio.fail_after(self.ctx.settings.server.write_timeout):
+                await self.send(message)
+        except trio.TooSlowError:
+            raise _ClientTooSlow from None
+
+    # -- the record --------------------------------------------------------------------------
+
+    def _cut_short(self) -> _Ending:
+        if self.client_gone:
+            return _Ending(
+                CLIENT_CLOSED_REQUEST, "client disconnected before the response was complete"
+            )
+        if self.response_started:
+            return _Ending(502, f"the gateway stopped before {self.provider}'s answer was complete")
+        return _Ending(502, f"no answer was received from {self.provider}")
+
+    def _outcome(self, ending: _Ending, tee: TeeResult | None) -> Outcome:
+        return Outcome(
+            status=ending.status,
+            error_message=ending.error_message,
+            responded_at=datetime.now(UTC),
+            response_time_ms=round((time.perf_counter() - self.t0) * 1000),
+            time_to_first_byte_ms=self.ttfb_ms,
+            streamed=tee.streamed if tee is not None else False,
+            response_headers=self.response_headers,
+        )
+
+    def _record(self, request: Incoming, outcome: Outcome, tee: TeeResult | None) -> None:
+        record = build_record(
+            request,
+            outcome,
+            tee,
+            bodies=self.ctx.settings.logging if self.ctx.keep_bodies else None,
+        )
+        self.ctx.metrics.observe_request(
+            self.provider, outcome.status, time.perf_counter() - self.t0
+        )
+        try:
+            self.ctx.records.send_nowait(record)
+        except trio.WouldBlock:
+            # The writer is behind by logging.queue_size records: keep this one on disk
+            # (a buffered append, no waiting); the writer replays it.
+            self.ctx.spool.append([record], sync=False)
+            self.ctx.metrics.records_spooled += 1
+
+
+def _not_served(path: str) -> str:
+    hint = providers.misrouted_hint(path)
+    if hint is not None:
+        return f"no provider serves {path}: {hint}"
+    return (
+        f"no provider serves {path}: Majordomo forwards /v1/... (OpenAI), "
+        "/v1/messages (Anthropic) and .../models/MODEL:generateContent (Gemini); "
+        "set X-Majordomo-Provider to choose one"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
