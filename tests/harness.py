@@ -11,10 +11,9 @@ from typing import Any
 
 import trio
 
-from majordomo.app import GatewayState
 from majordomo.auth import generate_key, hash_key
 from majordomo.config import PostgresSettings, load_settings
-from majordomo.server import run_gateway
+from majordomo.server import GatewayState, run_gateway
 from tests.pghelpers import PgAdmin
 
 

@@ -12,9 +12,14 @@ POLL_INTERVAL = 0.02
 
 
 async def wait_until(
-    check: Callable[[], bool | Awaitable[bool]], *, deadline: float, what: str
+    check: Callable[[], bool | Awaitable[bool]],
+    *,
+    deadline: float,
+    what: str,
+    every: float = POLL_INTERVAL,
 ) -> None:
-    """Return once `check()` is true; fail naming `what` after `deadline` seconds."""
+    """Return once `check()` is true; fail naming `what` after `deadline` seconds. `every`
+    is the pause between two looks (longer on a virtual clock: each look is a clock jump)."""
     try:
         with trio.fail_after(deadline):
             while True:
@@ -23,6 +28,6 @@ async def wait_until(
                     result = await result
                 if result:
                     return
-                await trio.sleep(POLL_INTERVAL)
+                await trio.sleep(every)
     except trio.TooSlowError:
         raise AssertionError(f"{what} did not happen within {deadline:g}s") from None

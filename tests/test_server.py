@@ -14,10 +14,10 @@ import pytest
 import trio
 import trio.testing
 
-from majordomo.app import GatewayState, create_app
+from majordomo.app import create_app
 from majordomo.config import Settings, load_settings
 from majordomo.records import RequestRecord, Usage
-from majordomo.server import run_gateway
+from majordomo.server import GatewayState, run_gateway
 from tests.fakeupstream import FakeUpstream
 from tests.harness import running_gateway
 from tests.netcut import PgRelay
@@ -148,7 +148,10 @@ async def test_records_queued_at_shutdown_survive_a_database_outage_and_a_restar
 async def test_background_tasks_are_cancelled_after_the_writer_drains(pg: PgAdmin) -> None:
     events: list[str] = []
 
-    async def helper(state: GatewayState) -> None:
+    async def helper(
+        state: GatewayState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
         try:
             await trio.sleep_forever()
         finally:

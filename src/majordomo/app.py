@@ -3,28 +3,20 @@ gateway's own endpoints (`/health`, `/readyz`, `/metrics`) to a Quart-Trio app.
 
 The proxy skips the web framework on purpose: it needs the raw ASGI receive channel (to see a
 client disconnect while it relays), per-write timeouts, and none of Quart's per-request work
-on the hot path. Routes read everything from one `GatewayState` that the supervisor builds;
+on the hot path. Routes read everything from one `server.GatewayState` that the supervisor builds;
 the app owns no lifetimes of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from majordomo.auth import KeyCache
-from majordomo.bodystore import BodyStore
-from majordomo.config import Settings
 from majordomo.cors import CorsPolicy, is_preflight
-from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable
-from majordomo.metrics import Metrics
-from majordomo.pricing import PriceBook
 from majordomo.proxy import (
     Message,
     ProxyContext,
@@ -34,28 +26,14 @@ from majordomo.proxy import (
     Upstreams,
     handle_proxy,
 )
-from majordomo.records import RequestRecord
-from majordomo.spool import Spool
+
+if TYPE_CHECKING:
+    from majordomo.server import GatewayState
 
 # Readiness answers 503 when the database has not answered a ping within this many seconds.
 READINESS_DB_TIMEOUT = 2.0
 # Served by the Quart app; every other path is proxied.
 OWN_PATHS = frozenset({"/health", "/readyz", "/metrics"})
-
-
-@dataclass
-class GatewayState:
-    settings: Settings
-    db: Database
-    http: httpx.AsyncClient
-    records: trio.MemorySendChannel[RequestRecord]
-    keys: KeyCache
-    spool: Spool
-    metrics: Metrics
-    bodies: BodyStore
-    prices: PriceBook
-    shutting_down: bool = False
-    bound_urls: list[str] = field(default_factory=list)
 
 
 def create_admin_app(state: GatewayState) -> QuartTrio:

@@ -5,8 +5,10 @@ Theory of operation
 Request handlers `send_nowait` finished `RequestRecord`s into a bounded memory channel (and,
 when it is full, append them to the local spool: see `spool.py`). This task takes records in
 batches — up to `MAX_BATCH` rows, or whatever arrived within `MAX_DELAY` of the first — prices
-them (`pricing.PriceBook`, off the request path), stores their bodies, and inserts each batch in one round trip (`Database.insert_records`,
-which also moves the key and metadata counters, exactly once per row).
+them (`pricing.PriceBook`, off the request path), stores their bodies, and inserts each batch
+in one round trip through its `RecordStore` (`db.requests` in the gateway, whose insert also
+moves the key and metadata counters, exactly once per row; an in-memory store in the unit
+tests, `tests/test_logwriter.py`).
 
 Every write has a deadline (`logging.write_timeout`): a statement stuck behind a lock or a
 saturated server is cancelled past it and treated like an unreachable database. When
@@ -21,7 +23,12 @@ row; a row refused on its own is set aside in the spool's quarantine file with a
 
 It returns once every send side is closed and the channel is empty; the supervisor closes the
 channel after `serve()` returns and gives the writer `logging.drain_timeout`. If that deadline
-cancels it, whatever is still queued goes to the spool (shielded), for the next start.
+cancels it, whatever is still queued goes to the spool (shielded), for the next start. The
+spool itself belongs to the supervisor, which opens it before the writer starts and closes it
+after the writer has returned.
+
+Spool files are read on a worker thread (`trio.to_thread`), batch by batch: replaying a large
+spool never stalls the requests served meanwhile.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Generator, Sequence
 from decimal import Decimal
+from typing import Protocol
 
 import trio
 
 from majordomo.bodystore import BodyStore, NoBodyStore, StoredBodies
-from majordomo.db import Database
 from majordomo.errors import DatabaseUnavailable, RowsRefused
 from majordomo.metrics import Metrics
 from majordomo.pricing import Cost, PriceBook
@@ -62,10 +70,24 @@ WRITE_TIMEOUT = 5.0
 PING_TIMEOUT = 5.0
 
 
+class RecordStore(Protocol):
+    """Where the writer puts rows: `db.requests` in the gateway."""
+
+    async def insert(self, records: Sequence[RequestRecord], extras: Sequence[RowExtras]) -> int:
+        """Insert the rows not yet stored (by id), in one statement; raise
+        `DatabaseUnavailable` if the store cannot be reached, `RowsRefused` if it refuses
+        the content."""
+        ...
+
+    async def ping(self) -> None:
+        """Return if the store answers; raise `DatabaseUnavailable` if not."""
+        ...
+
+
 class LogWriter:
     def __init__(
         self,
-        db: Database,
+        store: RecordStore,
         spool: Spool,
         metrics: Metrics,
         *,
@@ -76,7 +98,7 @@ class LogWriter:
         write_timeout: float = WRITE_TIMEOUT,
         access_log: bool = False,
     ) -> None:
-        self.db = db
+        self.rows = store
         self.spool = spool
         self.metrics = metrics
         self.bodies = bodies or NoBodyStore()
@@ -130,7 +152,6 @@ class LogWriter:
                             "log writer stopped; every record written",
                             extra={"written": self.metrics.rows_written},
                         )
-                    await trio.to_thread.run_sync(self.spool.close)
 
     async def _next_batch(
         self, records: trio.MemoryReceiveChannel[RequestRecord]
@@ -138,11 +159,13 @@ class LogWriter:
         """The next batch; [] once the channel is closed and empty; None when nothing came
         before it is time to retry the spool (an idle gateway after an outage must not keep
         its records on disk until the next request)."""
-        wait = (
-            max(self._down_until, trio.current_time() + self._retry_delay)
-            if self.spool.has_pending()
-            else math.inf
-        )
+        now = trio.current_time()
+        if not self.spool.has_pending():
+            wait = math.inf
+        elif self._down_until > now:  # the next attempt, as announced when the last failed
+            wait = self._down_until
+        else:
+            wait = now + self._retry_delay
         batch: list[RequestRecord] = []
         with trio.move_on_at(wait):
             try:
@@ -233,7 +256,7 @@ class LogWriter:
         """One insert, within `write_timeout` (cancelling the statement past it)."""
         try:
             with trio.fail_after(self.write_timeout):
-                await self.db.requests.insert(batch, extras)
+                await self.rows.insert(batch, extras)
         except trio.TooSlowError:
             raise DatabaseUnavailable(
                 f"writing {len(batch)} usage records took more than {self.write_timeout:g}s "
@@ -273,7 +296,7 @@ class LogWriter:
         that fails would only be counted and logged as such)."""
         try:
             with trio.fail_after(PING_TIMEOUT):
-                await self.db.ping()
+                await self.rows.ping()
         except (DatabaseUnavailable, trio.TooSlowError):
             self._down_until = trio.current_time() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
@@ -329,8 +352,10 @@ class LogWriter:
         for path in files:
             count = 0
             quarantined = self.spool.quarantined
-            for batch in self.spool.read(path, self.max_batch):
+            batches = self.spool.read(path, self.max_batch)
+            while (batch := await trio.to_thread.run_sync(_next_batch, batches)) is not None:
                 if not await self._insert(batch):
+                    batches.close()
                     return  # still unreachable: the file stays for the next replay
                 count += len(batch)
             self.metrics.records_quarantined += self.spool.quarantined - quarantined
@@ -344,6 +369,10 @@ def _plain(value: Decimal) -> str:
     """A cost without exponent or trailing zeros: 0.0000125, 0."""
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _next_batch(batches: Generator[list[RequestRecord]]) -> list[RequestRecord] | None:
+    return next(batches, None)
 
 
 def _drain(records: trio.MemoryReceiveChannel[RequestRecord]) -> list[RequestRecord]:

@@ -2,7 +2,7 @@
 
     listening sockets                 bound first: a busy address fails before anything starts
      └─ db.open_database             the trio-asyncio loop (asyncpg runs on it) and the pool
-         └─ httpx.AsyncClient
+         └─ httpx.AsyncClient, the spool, the body store
              └─ background nursery    (long-lived helpers, e.g. the pricing refresher)
                  └─ writer nursery
                      ├─ log writer    ← memory channel ← request handlers (send_nowait)
@@ -20,19 +20,22 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from majordomo.app import GatewayState, create_app
+from majordomo.app import create_app
 from majordomo.auth import KeyCache
-from majordomo.bodystore import open_body_store
+from majordomo.bodystore import BodyStore, open_body_store
 from majordomo.config import PostgresSettings, Settings
-from majordomo.db import describe, open_database
+from majordomo.db import Database, describe, open_database
 from majordomo.errors import MajordomoError
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
@@ -44,11 +47,38 @@ from majordomo.spool import Spool
 log = logging.getLogger("majordomo.server")
 
 ShutdownTrigger = Callable[[], Awaitable[None]]
-# A long-lived helper: runs until cancelled once the writer has drained.
-BackgroundTask = Callable[[GatewayState], Awaitable[None]]
 
 
-async def forget_changed_keys(state: GatewayState) -> None:
+@dataclass
+class GatewayState:
+    """Everything the running gateway shares, built once by `_run` and owned there: the
+    routes (`app.py`) and the background tasks read it, nothing else makes one."""
+
+    settings: Settings
+    db: Database
+    http: httpx.AsyncClient
+    records: trio.MemorySendChannel[RequestRecord]
+    keys: KeyCache
+    spool: Spool
+    metrics: Metrics
+    bodies: BodyStore
+    prices: PriceBook
+    shutting_down: bool = False
+    bound_urls: list[str] = field(default_factory=list)
+
+
+class BackgroundTask(Protocol):
+    """A long-lived helper: started with `nursery.start` (it says when it is running) and
+    cancelled once the writer has drained."""
+
+    async def __call__(
+        self, state: GatewayState, *, task_status: trio.TaskStatus[None] = ...
+    ) -> None: ...
+
+
+async def forget_changed_keys(
+    state: GatewayState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Drop a key from the auth cache the moment it is revoked or changed, anywhere."""
 
     def on_change(key_hash: str | None) -> None:
@@ -57,10 +87,15 @@ async def forget_changed_keys(state: GatewayState) -> None:
         else:
             state.keys.invalidate(key_hash)
 
+    # Running from here on; the notification connection opens in the background (and its
+    # first connection clears the cache: see `Database.listen`).
+    task_status.started()
     await state.db.keys.listen_for_changes(on_change)
 
 
-async def refresh_price_table(state: GatewayState) -> None:
+async def refresh_price_table(
+    state: GatewayState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Keep prices current from `pricing.remote_url`; the bundled table serves meanwhile."""
     p = state.settings.pricing
     await refresh_prices(
@@ -69,6 +104,7 @@ async def refresh_price_table(state: GatewayState) -> None:
         p.remote_url,
         interval=p.refresh_interval,
         timeout=p.refresh_timeout,
+        task_status=task_status,
     )
 
 
@@ -200,8 +236,9 @@ async def _run(
                     state, receive, shutdown_trigger, background_tasks, sockets, task_status
                 )
             finally:
-                # After the writer: it is the body store's last user.
+                # After the writer: it is the last user of both.
                 with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(spool.close)
                     await bodies.aclose()
 
 
@@ -221,7 +258,7 @@ async def _supervise(
 
     async with trio.open_nursery() as background:
         for task in background_tasks:
-            background.start_soon(task, state)
+            await background.start(task, state)
         async with trio.open_nursery() as writers:
 
             async def serve_then_close(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -242,7 +279,7 @@ async def _supervise(
                 writers.cancel_scope.deadline = trio.current_time() + settings.logging.drain_timeout
 
             writer = LogWriter(
-                state.db,
+                state.db.requests,
                 state.spool,
                 state.metrics,
                 bodies=state.bodies,

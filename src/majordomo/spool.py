@@ -29,7 +29,7 @@ import os
 import types
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ class Spool:
         self._dirty = bool(files)  # appends from now on set it again
         return files
 
-    def read(self, path: Path, batch_size: int) -> Iterator[list[RequestRecord]]:
+    def read(self, path: Path, batch_size: int) -> Generator[list[RequestRecord]]:
         """The records of a replay file in batches; bad lines go to quarantine."""
         batch: list[RequestRecord] = []
         with path.open("rb") as f:

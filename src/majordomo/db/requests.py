@@ -46,6 +46,10 @@ class RequestQueries:
         )
         return int(inserted)
 
+    async def ping(self) -> None:
+        """Whether the database answers (with it, this is the log writer's `RecordStore`)."""
+        await self._db.ping()
+
     # -- pricing (owned by the pricing module) ---
 
     async def rows_to_reprice(
