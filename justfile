@@ -13,6 +13,10 @@ run *args:
 test *args:
     uv run pytest "$@"
 
+# The inner loop: pure and unit tests only (the `fast` marker), no database, under 30 s.
+test-fast *args:
+    uv run pytest -m fast -q "$@"
+
 # Lint and type-check.
 lint:
     uv run ruff check src tests

@@ -9,6 +9,8 @@ from majordomo import config
 from majordomo.config import SPECS, load_settings, read_sources
 from majordomo.errors import ConfigError
 
+pytestmark = pytest.mark.fast
+
 REFERENCE_README = (
     Path(__file__).parents[2] / "shared" / "reference" / "majordomo-gateway-README.md"
 )

@@ -23,6 +23,8 @@ from majordomo.providers import (
 )
 from majordomo.records import Usage
 
+pytestmark = pytest.mark.fast
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

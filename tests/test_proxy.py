@@ -9,6 +9,8 @@ import pytest
 from majordomo.proxy.headers import credential_hash, metadata_from, upstream_headers
 from majordomo.proxy.tee import error_message_from
 
+pytestmark = pytest.mark.fast
+
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()

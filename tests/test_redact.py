@@ -13,6 +13,8 @@ from majordomo.redact import (
     scrub_values,
 )
 
+pytestmark = pytest.mark.fast
+
 MDM_KEY = "mdm_sk_" + "Zx9_-" * 8 + "abc"  # the shape `majordomo keys create` prints
 PROXY_KEY = "mdm_pk_" + "Qw3-_" * 8 + "xyz"
 ANTHROPIC_KEY = "sk-ant-api03-0123456789"

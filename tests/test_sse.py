@@ -8,6 +8,8 @@ import pytest
 
 from majordomo.sse import SSEDecoder, SSEEvent
 
+pytestmark = pytest.mark.fast
+
 
 def decode(*chunks: bytes) -> list[SSEEvent]:
     decoder = SSEDecoder()

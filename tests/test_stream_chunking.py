@@ -28,6 +28,8 @@ from majordomo.records import Usage
 from majordomo.sse import SSEDecoder, SSEEvent
 from tests.fakeupstream import answer
 
+pytestmark = pytest.mark.fast
+
 FIXTURES = Path(__file__).parent / "fixtures"
 # A usage object (not `null`) in any provider's dialect.
 USAGE_OBJECT = re.compile(rb'"usage(?:Metadata)?":\s*\{')

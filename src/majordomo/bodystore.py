@@ -413,7 +413,7 @@ def _s3_client(settings: Settings) -> Any:
         # One pooled connection per upload thread, so no upload waits for a connection.
         "max_pool_connections": UPLOAD_THREADS,
     }
-    if getattr(s3, "path_style", False):
+    if s3.path_style:
         # Without it boto3 picks: virtual-hosted on AWS, path-style for a custom endpoint.
         options["s3"] = {"addressing_style": "path"}
     if s3.endpoint:
