@@ -22,7 +22,7 @@ from tests.harness import Gateway, create_key, running_gateway
 from tests.netcut import PgRelay
 from tests.pghelpers import PgAdmin
 from tests.poll import wait_until
-from tests.test_server import a_record
+from tests.samples import a_record
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 

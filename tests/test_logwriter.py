@@ -13,7 +13,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,27 +22,12 @@ import trio.testing
 from majordomo.errors import DatabaseUnavailable, RowsRefused
 from majordomo.logwriter import FIRST_RETRY_DELAY, MAX_RETRY_DELAY, LogWriter
 from majordomo.metrics import Metrics
-from majordomo.records import RequestRecord, RowExtras, Usage
+from majordomo.records import RequestRecord, RowExtras
 from majordomo.spool import QUARANTINE, Spool
 from tests.poll import wait_until
+from tests.samples import a_record as record
 
 pytestmark = pytest.mark.fast
-
-
-def record(n: int = 1) -> RequestRecord:
-    now = datetime.now(UTC)
-    return RequestRecord(
-        id=uuid.uuid4(),
-        api_key_id=None,
-        provider="openai",
-        model="gpt-4o-mini",
-        request_path="/v1/chat/completions",
-        request_method="POST",
-        requested_at=now,
-        responded_at=now,
-        status_code=200,
-        usage=Usage(input_tokens=n, output_tokens=1),
-    )
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import uuid
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -16,12 +14,12 @@ import trio.testing
 
 from majordomo.app import create_app
 from majordomo.config import Settings, load_settings
-from majordomo.records import RequestRecord, Usage
 from majordomo.server import GatewayState, run_gateway
 from tests.fakeupstream import FakeUpstream
 from tests.harness import running_gateway
 from tests.netcut import PgRelay
 from tests.pghelpers import PgAdmin
+from tests.samples import a_record
 
 
 def gateway_settings() -> Settings:
@@ -31,22 +29,6 @@ def gateway_settings() -> Settings:
             "logging": {"drain_timeout": "60s", "spool_dir": tempfile.mkdtemp(prefix="mdm-")},
             "pricing": {"remote_url": ""},  # no internet in tests
         }
-    )
-
-
-def a_record(n: int) -> RequestRecord:
-    now = datetime.now(UTC)
-    return RequestRecord(
-        id=uuid.uuid4(),
-        api_key_id=None,
-        provider="openai",
-        model="gpt-4o-mini",
-        request_path="/v1/chat/completions",
-        request_method="POST",
-        requested_at=now,
-        responded_at=now,
-        status_code=200,
-        usage=Usage(input_tokens=n, output_tokens=1),
     )
 
 
