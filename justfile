@@ -17,16 +17,16 @@ test *args:
 test-fast *args:
     uv run pytest -m fast -q "$@"
 
-# Lint and type-check.
+# Lint and type-check (mypy --strict over src, tests and benchmarks).
 lint:
-    uv run ruff check src tests
-    uv run ruff format --check src tests
+    uv run ruff check src tests benchmarks
+    uv run ruff format --check src tests benchmarks
     uv run mypy
 
 # Format the code.
 fmt:
-    uv run ruff format src tests
-    uv run ruff check --fix src tests
+    uv run ruff format src tests benchmarks
+    uv run ruff check --fix src tests benchmarks
 
 # Apply schema.sql to the configured database.
 migrate:

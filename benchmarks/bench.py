@@ -161,7 +161,7 @@ async def stop_process(process: trio.Process, *, grace: float = STOP_TIMEOUT) ->
                 with suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        return process.returncode
+    return process.returncode
 
 
 @dataclass

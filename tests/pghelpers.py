@@ -61,9 +61,10 @@ class PgAdmin:
     def env(self) -> dict[str, str]:
         return env_for(self.settings)
 
-    async def _run(self, method: str, query: str, *args: Any) -> Any:
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of our own, on the caller's asyncio loop."""
         s = self.settings
-        conn = await asyncpg.connect(
+        return await asyncpg.connect(
             host=s.host,
             port=s.port,
             user=s.user,
@@ -71,6 +72,9 @@ class PgAdmin:
             database=s.database,
             ssl=s.sslmode,
         )
+
+    async def _run(self, method: str, query: str, *args: Any) -> Any:
+        conn = await self.connect()
         try:
             return await getattr(conn, method)(query, *args)
         finally:

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +84,6 @@ async def test_database_outage_in_the_middle_of_1000_requests_loses_nothing(
     assert 45 <= registry["approx_cardinality"] <= 55  # 50 distinct users
 
 
-async def until(condition: Callable[[], bool], deadline: float = 30) -> None:
-    """Poll a condition that moves under load (the fake's call log), with a deadline."""
-    with trio.fail_after(deadline):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.01)
-
-
 async def scrape(gw: Gateway) -> dict[str, float]:
     async with httpx.AsyncClient() as client:
         text = (await client.get(gw.url + "/metrics")).text
@@ -124,9 +115,9 @@ async def test_sigterm_during_load_with_the_database_away_then_restart(
 
         async with trio.open_nursery() as clients:
             clients.start_soon(load)
-            await until(lambda: len(fake.calls) >= 200)
+            await wait_until(lambda: len(fake.calls) >= 200, deadline=30, what="200 calls upstream")
             relay.cut()  # the database goes away under load...
-            await until(lambda: len(fake.calls) >= 300)
+            await wait_until(lambda: len(fake.calls) >= 300, deadline=30, what="300 calls upstream")
             gateway.process.send_signal(signal.SIGTERM)  # ...and the gateway is stopped
         with trio.fail_after(60):
             assert await gateway.process.wait() == 0

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-import asyncpg
 import httpx
 import trio
 
@@ -121,14 +120,7 @@ def hold_key_row_lock(
     """In a thread: lock the key's api_keys row (the writer's counter update then waits)."""
 
     async def main() -> None:
-        conn = await asyncpg.connect(
-            host=settings.host,
-            port=settings.port,
-            user=settings.user,
-            password=settings.password,
-            database=settings.database,
-            ssl=settings.sslmode,
-        )
+        conn = await PgAdmin(settings).connect()
         try:
             async with conn.transaction():
                 await conn.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)

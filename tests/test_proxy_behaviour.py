@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ from tests.fakeupstream import FakeUpstream
 from tests.harness import Gateway, create_key, running_gateway
 from tests.netcut import PgRelay
 from tests.pghelpers import PgAdmin
+from tests.poll import wait_until
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -202,6 +203,11 @@ async def test_malformed_json_is_forwarded_and_recorded_as_unknown_model(
 # ----------------------------------------------------------------------------- streaming
 
 
+def raw_chunks(response: httpx.Response) -> AsyncGenerator[bytes]:
+    """The body as it arrives; httpx's iterator is a generator, typed as a plain iterator."""
+    return cast("AsyncGenerator[bytes]", response.aiter_raw())
+
+
 async def test_first_chunk_arrives_before_the_upstream_has_finished(
     client: httpx.AsyncClient, fake: FakeUpstream, gateway: Gateway
 ) -> None:
@@ -212,7 +218,7 @@ async def test_first_chunk_arrives_before_the_upstream_has_finished(
             json={**CHAT, "stream": True},
             headers={"X-Fake-Hold": "1"},
         ) as response,
-        aclosing(response.aiter_raw()) as chunks,
+        aclosing(raw_chunks(response)) as chunks,
     ):
         with trio.fail_after(10):
             first = await chunks.__anext__()
@@ -242,7 +248,7 @@ async def test_client_disconnect_mid_stream_is_recorded_and_stops_the_upstream(
             },
             headers={"X-Fake-Hold": "1"},
         ) as response,
-        aclosing(response.aiter_raw()) as chunks,
+        aclosing(raw_chunks(response)) as chunks,
     ):
         async for _chunk in chunks:
             break  # got the first event; now hang up while the upstream holds the rest
@@ -337,12 +343,16 @@ async def test_revocation_takes_effect_at_once(
         "RETURNING key_hash) SELECT pg_notify('majordomo_keys', key_hash) FROM r",
         gateway.key_id,
     )
-    with trio.fail_after(5):  # far below the 5-minute cache TTL
-        while True:
-            response = await client.post("/v1/chat/completions", json=CHAT)
-            if response.status_code != 200:
-                break
-            await trio.sleep(0.02)  # polling the gateway: a NOTIFY is asynchronous
+    response: httpx.Response | None = None
+
+    async def refused_now() -> bool:  # a NOTIFY is asynchronous
+        nonlocal response
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        return response.status_code != 200
+
+    # Far below the 5-minute cache TTL: the notification, not the expiry, revoked it.
+    await wait_until(refused_now, deadline=5, what="the revoked key being refused")
+    assert response is not None
     assert response.status_code == 401
     assert error_of(response).startswith("this Majordomo key has been revoked")
 

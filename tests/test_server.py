@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -13,84 +12,68 @@ import trio
 import trio.testing
 
 from majordomo.app import create_app
-from majordomo.config import Settings, load_settings
+from majordomo.config import Settings
 from majordomo.server import GatewayState, run_gateway
 from tests.fakeupstream import FakeUpstream
-from tests.harness import running_gateway
+from tests.harness import gateway_settings, running_gateway, serving
 from tests.netcut import PgRelay
 from tests.pghelpers import PgAdmin
+from tests.poll import wait_until
 from tests.samples import a_record
 
 
-def gateway_settings() -> Settings:
-    return load_settings(
-        {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "logging": {"drain_timeout": "60s", "spool_dir": tempfile.mkdtemp(prefix="mdm-")},
-            "pricing": {"remote_url": ""},  # no internet in tests
-        }
-    )
+def settings_in(tmp_path: Path) -> Settings:
+    return gateway_settings(str(tmp_path), overrides={"logging": {"drain_timeout": "60s"}})
 
 
-async def poll(
-    url: str, status: int, client: httpx.AsyncClient, deadline: float = 20
-) -> httpx.Response:
+async def poll(url: str, status: int, client: httpx.AsyncClient) -> httpx.Response:
     """GET `url` until it answers `status` (the readiness probe is eventually consistent)."""
-    with trio.fail_after(deadline):
-        while True:
-            response = await client.get(url)
-            if response.status_code == status:
-                return response
-            await trio.sleep(0.05)
+    response: httpx.Response | None = None
+
+    async def answered() -> bool:
+        nonlocal response
+        response = await client.get(url)
+        return response.status_code == status
+
+    # The probe's database check times out after a few seconds; a few of those at most.
+    await wait_until(answered, deadline=20, what=f"{url} answering {status}", every=0.05)
+    assert response is not None
+    return response
 
 
-async def test_health_and_readiness_follow_the_database(pg: PgAdmin) -> None:
-    stop = trio.Event()
+async def test_health_and_readiness_follow_the_database(pg: PgAdmin, tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
-        async with trio.open_nursery() as gateway:
-            state: GatewayState = await gateway.start(
-                lambda task_status: run_gateway(
-                    gateway_settings(),
-                    relay.settings,
-                    shutdown_trigger=stop.wait,
-                    task_status=task_status,
-                )
-            )
-            base = state.bound_urls[0]
-            async with httpx.AsyncClient() as client:
-                health = await client.get(f"{base}/health")
-                assert (health.status_code, health.text) == (200, "ok")
-                ready = await client.get(f"{base}/readyz")
-                assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
+        async with (
+            serving(settings_in(tmp_path), relay.settings) as state,
+            httpx.AsyncClient(base_url=state.bound_urls[0]) as client,
+        ):
+            health = await client.get("/health")
+            assert (health.status_code, health.text) == (200, "ok")
+            ready = await client.get("/readyz")
+            assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
 
-                relay.cut()
-                down = await poll(f"{base}/readyz", 503, client)
-                assert down.json()["status"] == "error"
-                assert "cannot reach database" in down.json()["error"]
-                assert (await client.get(f"{base}/health")).status_code == 200  # liveness
+            relay.cut()
+            down = await poll("/readyz", 503, client)
+            assert down.json()["status"] == "error"
+            assert "cannot reach database" in down.json()["error"]
+            assert (await client.get("/health")).status_code == 200  # liveness
 
-                relay.restore()
-                assert (await poll(f"{base}/readyz", 200, client)).json() == {"status": "ok"}
-            stop.set()
+            relay.restore()
+            assert (await poll("/readyz", 200, client)).json() == {"status": "ok"}
         nursery.cancel_scope.cancel()  # the relay
 
 
 async def test_records_queued_at_shutdown_survive_a_database_outage_and_a_restart(
-    pg: PgAdmin,
+    pg: PgAdmin, tmp_path: Path
 ) -> None:
     """Shutdown with the database away: the queue goes to the spool, the next start writes it."""
     count = 300
-    settings = gateway_settings()
+    settings = settings_in(tmp_path)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
-        async with trio.open_nursery() as gateway:
-            state: GatewayState = await gateway.start(
-                lambda task_status: run_gateway(
-                    settings, relay.settings, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
+        async with serving(settings, relay.settings, stop=stop) as state:
             relay.cut()  # the writer cannot write: every record stays queued
             for n in range(count):
                 state.records.send_nowait(a_record(n))
@@ -108,26 +91,21 @@ async def test_records_queued_at_shutdown_survive_a_database_outage_and_a_restar
             )
         # The gateway has exited: nothing reached the database, everything is on disk.
         assert await pg.afetchval("SELECT count(*) FROM llm_requests") == 0
-        spooled = Path(settings.logging.spool_dir) / "pending.jsonl"
+        spooled = tmp_path / "pending.jsonl"
         assert len(spooled.read_bytes().splitlines()) == count
         nursery.cancel_scope.cancel()
 
     # The next start, with the database back, replays the spool before anything else.
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: run_gateway(
-                settings, pg.settings, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        stop.set()
+    async with serving(settings, pg.settings):
+        pass
     rows = await pg.afetch("SELECT input_tokens FROM llm_requests")
     assert sorted(r["input_tokens"] for r in rows) == list(range(count))
-    spool_dir = trio.Path(settings.logging.spool_dir)
-    assert not [p for p in await spool_dir.iterdir() if p.suffix == ".jsonl"]
+    assert not [p for p in await trio.Path(tmp_path).iterdir() if p.suffix == ".jsonl"]
 
 
-async def test_background_tasks_are_cancelled_after_the_writer_drains(pg: PgAdmin) -> None:
+async def test_background_tasks_are_cancelled_after_the_writer_drains(
+    pg: PgAdmin, tmp_path: Path
+) -> None:
     events: list[str] = []
 
     async def helper(
@@ -143,23 +121,16 @@ async def test_background_tasks_are_cancelled_after_the_writer_drains(pg: PgAdmi
             except trio.ClosedResourceError:
                 events.append("helper stopped after the log channel closed")
 
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: run_gateway(
-                gateway_settings(),
-                pg.settings,
-                shutdown_trigger=stop.wait,
-                background_tasks=[helper],
-                task_status=task_status,
-            )
-        )
-        stop.set()
+    async with serving(settings_in(tmp_path), pg.settings, background_tasks=[helper]):
+        pass
     assert events == ["helper stopped after the log channel closed"]
 
 
-async def test_start_up_waits_for_a_database_that_comes_up_late(pg: PgAdmin) -> None:
+async def test_start_up_waits_for_a_database_that_comes_up_late(
+    pg: PgAdmin, tmp_path: Path
+) -> None:
     stop, started = trio.Event(), trio.Event()
+    settings = settings_in(tmp_path)
     async with trio.open_nursery() as nursery:
         relay: PgRelay = await nursery.start(PgRelay(pg.settings).serve)
         relay.cut()
@@ -167,9 +138,7 @@ async def test_start_up_waits_for_a_database_that_comes_up_late(pg: PgAdmin) -> 
 
             async def start_gateway() -> None:
                 await gateways.start(
-                    partial(
-                        run_gateway, gateway_settings(), relay.settings, shutdown_trigger=stop.wait
-                    )
+                    partial(run_gateway, settings, relay.settings, shutdown_trigger=stop.wait)
                 )
                 started.set()
 

@@ -48,28 +48,22 @@ _COLUMNS = (
 # One slice of a backfill: rows in id order after $2, for one API key ($1) or all.
 _BACKFILL = """
 WITH slice AS (
-    SELECT id FROM llm_requests
-     WHERE ($1::uuid IS NULL OR majordomo_api_key_id = $1) AND id > $2
-     ORDER BY id LIMIT $3
+    SELECT r.id, coalesce((
+               SELECT jsonb_object_agg(e.key, e.value)
+                 FROM jsonb_each(r.raw_metadata) AS e
+                 JOIN llm_requests_metadata_keys AS mk
+                   ON mk.majordomo_api_key_id = r.majordomo_api_key_id
+                  AND mk.key_name = e.key AND mk.is_active
+           ), '{}'::jsonb) AS wanted
+      FROM llm_requests AS r
+     WHERE ($1::uuid IS NULL OR r.majordomo_api_key_id = $1) AND r.id > $2
+     ORDER BY r.id LIMIT $3
 ),
 updated AS (
     UPDATE llm_requests AS r
-       SET indexed_metadata = coalesce((
-               SELECT jsonb_object_agg(e.key, e.value)
-                 FROM jsonb_each(r.raw_metadata) AS e
-                 JOIN llm_requests_metadata_keys AS mk
-                   ON mk.majordomo_api_key_id = r.majordomo_api_key_id
-                  AND mk.key_name = e.key AND mk.is_active
-           ), '{}'::jsonb)
+       SET indexed_metadata = slice.wanted
       FROM slice
-     WHERE r.id = slice.id
-       AND r.indexed_metadata IS DISTINCT FROM coalesce((
-               SELECT jsonb_object_agg(e.key, e.value)
-                 FROM jsonb_each(r.raw_metadata) AS e
-                 JOIN llm_requests_metadata_keys AS mk
-                   ON mk.majordomo_api_key_id = r.majordomo_api_key_id
-                  AND mk.key_name = e.key AND mk.is_active
-           ), '{}'::jsonb)
+     WHERE r.id = slice.id AND r.indexed_metadata IS DISTINCT FROM slice.wanted
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM updated) AS changed,
