@@ -6,6 +6,7 @@ spool directory that is removed afterwards unless the test passes its own."""
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,9 @@ from majordomo.server import BACKGROUND_TASKS, BackgroundTask, GatewayState, run
 from tests.pghelpers import PgAdmin
 from tests.poll import wait_until
 
+# The key the in-process gateways seal with; the CLI in tests is given the same one.
+TEST_ENCRYPTION_KEY = secrets.token_hex(32)
+
 
 def gateway_settings(
     spool_dir: str, upstream_url: str | None = None, overrides: dict[str, Any] | None = None
@@ -32,6 +36,8 @@ def gateway_settings(
         "server": {"host": "127.0.0.1", "port": 0},
         "logging": {"spool_dir": spool_dir},
         "pricing": {"remote_url": ""},  # tests never reach the internet: bundled prices
+        # Held credentials on, as they are with the embedded database, without a key file.
+        "secrets": {"encryption_key": TEST_ENCRYPTION_KEY},
     }
     if upstream_url is not None:
         values["providers"] = {name: {"base_url": upstream_url} for name in PROVIDER_NAMES}

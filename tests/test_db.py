@@ -46,7 +46,15 @@ CONTRACT_COLUMNS = {
         "response_time_ms", "input_tokens", "output_tokens", "cached_tokens",
         "cache_creation_tokens", "input_cost", "output_cost", "total_cost", "status_code",
         "error_message", "raw_metadata", "indexed_metadata", "request_body", "response_body",
-        "body_s3_key", "model_alias_found", "created_at",
+        "body_s3_key", "model_alias_found", "created_at", "proxy_key_id",
+    },
+    # The Go gateway's proxy keys (go-gateway-beyond-its-readme.md).
+    "proxy_keys": {
+        "id", "key_hash", "name", "description", "majordomo_api_key_id", "is_active",
+        "created_at", "revoked_at", "last_used_at", "request_count",
+    },
+    "proxy_key_provider_mappings": {
+        "id", "proxy_key_id", "provider", "encrypted_key", "created_at", "updated_at",
     },
     "llm_requests_metadata_keys": {
         "majordomo_api_key_id", "key_name", "display_name", "key_type", "is_active",

@@ -16,7 +16,6 @@ The guide's fenced blocks are found by their info string:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import httpx
 import pytest
 import trio
 
+from tests.docblocks import RUNNABLE_LANGUAGES, Block, parse_blocks
 from tests.fakeupstream import FakeUpstream
 from tests.harness import Gateway, create_key, running_gateway
 from tests.pghelpers import PgAdmin
@@ -41,7 +41,6 @@ GUIDE = ROOT / "docs" / "getting-started.md"
 README = ROOT / "README.md"
 
 KNOWN_LANGUAGES = {"bash", "python", "javascript", "sql", "text", "yaml"}
-RUNNABLE_LANGUAGES = {"bash", "python", "sql"}
 KNOWN_OPTIONS = {"title", "requires"}
 KNOWN_FLAGS = {"no-run"}
 # Upper bound for one example or the seeding run (an interpreter importing three SDKs on a
@@ -51,61 +50,6 @@ RUN_TIMEOUT = 90
 USER_ID = "user_123"
 SECOND_KEY_NAME = "second app"
 UNPRICED_MODEL = "acme-finetune-7"
-
-
-@dataclass(frozen=True)
-class Block:
-    language: str
-    options: dict[str, str]
-    flags: frozenset[str]
-    code: str
-    line: int  # of the opening fence, 1-based
-
-    @property
-    def title(self) -> str | None:
-        return self.options.get("title")
-
-    @property
-    def runs(self) -> bool:
-        return (
-            self.language in RUNNABLE_LANGUAGES
-            and self.title is not None
-            and "no-run" not in self.flags
-        )
-
-    @property
-    def missing_module(self) -> str | None:
-        module = self.options.get("requires")
-        if module is not None and importlib.util.find_spec(module) is None:
-            return module
-        return None
-
-    def __str__(self) -> str:
-        return f"{self.title or self.language} (line {self.line})"
-
-
-def parse_blocks(text: str) -> list[Block]:
-    """Every fenced block (```` ``` ```` at the start of a line) with its info string."""
-    blocks: list[Block] = []
-    opening: tuple[str, int] | None = None
-    body: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.startswith("```"):
-            if opening is not None:
-                body.append(line)
-            continue
-        if opening is None:
-            opening, body = (line[3:].strip(), number), []
-            continue
-        assert line.strip() == "```", f"line {number}: a fence closes with a bare ```"
-        info, start = opening
-        language, *words = info.split() or ["text"]  # a bare fence shows text
-        options = dict(w.split("=", 1) for w in words if "=" in w)
-        flags = frozenset(w for w in words if "=" not in w)
-        blocks.append(Block(language, options, flags, "\n".join(body) + "\n", start))
-        opening = None
-    assert opening is None, f"line {opening[1]}: the block is never closed"
-    return blocks
 
 
 BLOCKS = parse_blocks(GUIDE.read_text(encoding="utf-8"))

@@ -6,7 +6,16 @@ import hashlib
 
 import pytest
 
-from majordomo.proxy.headers import credential_hash, metadata_from, upstream_headers
+from majordomo.proxy.headers import (
+    SentCredential,
+    credential_hash,
+    metadata_from,
+    our_key_in,
+    sent_credentials,
+    upstream_headers,
+    with_credential,
+    without_key_param,
+)
 from majordomo.proxy.tee import error_message_from
 
 pytestmark = pytest.mark.fast
@@ -108,3 +117,53 @@ def test_no_credential_no_hash() -> None:
 )
 def test_error_message_is_readable_and_bounded(body: bytes, message: str) -> None:
     assert error_message_from(body) == message
+
+
+# -- where credentials are, and what replaces them ------------------------------------------
+
+
+def test_every_place_an_sdk_puts_a_credential_is_found() -> None:
+    headers = [
+        (b"authorization", b"Bearer mdm_pk_x"),
+        (b"x-api-key", b"sk-ant"),
+        (b"x-goog-api-key", b"AIza"),
+        (b"api-key", b"azure"),
+        (b"x-other", b"not a credential"),
+    ]
+    sent = sent_credentials(headers, b"alt=sse&key=AIza-query&k%65y=encoded")
+    assert [(c.where, c.value) for c in sent] == [
+        ("authorization", "mdm_pk_x"),
+        ("x-api-key", "sk-ant"),
+        ("x-goog-api-key", "AIza"),
+        ("api-key", "azure"),
+        ("?key", "AIza-query"),
+        ("?key", "encoded"),
+    ]
+    assert sent_credentials([(b"authorization", b"token-without-scheme")], b"") == [
+        SentCredential("authorization", "token-without-scheme")
+    ]
+
+
+def test_a_held_credential_replaces_every_credential_the_caller_sent() -> None:
+    headers = [(b"authorization", b"Bearer mdm_pk_x"), (b"x-api-key", b"y"), (b"accept", b"*/*")]
+    assert with_credential(headers, b"x-goog-api-key", b"AIza-real") == [
+        (b"accept", b"*/*"),
+        (b"x-goog-api-key", b"AIza-real"),
+    ]
+    assert without_key_param(b"alt=sse&key=mdm_pk_x&k%65y=y&keys=kept&key") == b"alt=sse&keys=kept"
+    assert without_key_param(b"alt=sse") == b"alt=sse"
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "path", "where"),
+    [
+        ([(b"x-trace", b"mdm_sk_abc")], b"", b"/v1/chat", "the x-trace header"),
+        ([], b"q=mdm%5Fpk%5Fabc", b"/v1/chat", "the query string"),
+        ([], b"", b"/v1/mdm_sk_abc", "the path"),
+        ([(b"x-trace", b"mdm-sk")], b"mdm=sk", b"/v1/chat", None),
+    ],
+)
+def test_our_keys_are_found_wherever_they_would_leave(
+    headers: list[tuple[bytes, bytes]], query: bytes, path: bytes, where: str | None
+) -> None:
+    assert our_key_in(headers, query, path) == where

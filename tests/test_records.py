@@ -35,6 +35,7 @@ def full_record() -> RequestRecord:
         response_time_ms=1000,
         time_to_first_byte_ms=200,
         streamed=True,
+        proxy_key_id=uuid.uuid4(),
         provider_api_key_hash="ab" * 32,
         provider_api_key_alias="team-a",
         error_message="none really",

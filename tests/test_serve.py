@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import httpx
 import trio
 
+from majordomo.vault import key_id
 from tests.cli import assert_one_line_error, majordomo
 from tests.fakeupstream import FakeUpstream
 from tests.gateway import start_gateway
@@ -36,9 +38,29 @@ async def test_serve_with_nothing_configured_uses_an_embedded_database(tmp_path:
             lambda: majordomo("keys", "list", "--json", env={}, cwd=tmp_path)
         )
         assert [k["id"] for k in listed.json()] == [created.json()["id"]]
+        # Held credentials need no setup either: the key generated beside the data directory
+        # is the one the gateway uses.
+        held = await trio.to_thread.run_sync(
+            lambda: majordomo(
+                "keys",
+                "set-provider",
+                created.json()["id"],
+                "--provider",
+                "openai",
+                "--api-key-env",
+                "HELD",
+                env={"HELD": "sk-proj-embedded-0001"},
+                cwd=tmp_path,
+            )
+        )
+        assert held.code == 0, held.err
 
         assert await gateway.terminate() == 0
+    key_file = tmp_path / ".majordomo" / "encryption.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    kid = key_id(bytes.fromhex(key_file.read_text().strip()))
     messages = gateway.messages()
+    assert f"held provider credentials: on, key {kid} kept in {key_file}" in messages
     embedded = [m for m in messages if m.startswith("using embedded PostgreSQL in ")]
     assert embedded == [
         f"using embedded PostgreSQL in {tmp_path / '.majordomo' / 'pgdata'} "

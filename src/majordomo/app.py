@@ -75,6 +75,7 @@ def create_app(state: GatewayState) -> Any:
         settings=state.settings,
         http=state.http,
         keys=state.keys,
+        credentials=state.credentials,
         records=state.records,
         upstreams=Upstreams.from_settings(state.settings),
         spool=state.spool,

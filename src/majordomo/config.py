@@ -166,8 +166,29 @@ def url(raw: Any) -> str:
     return value
 
 
-def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(default: Any, parse: Callable[[Any], Any], doc: str, *, secret: bool = False) -> Any:
+    """A setting. A `secret` one's value is never repeated in an error message."""
+    return field(default=default, metadata={"parse": parse, "doc": doc, "secret": secret})
+
+
+def encryption_key(raw: Any) -> str:
+    """An AES-256 key as 64 hex characters, or empty for none (kept as text: `vault` reads it)."""
+    from majordomo.vault import parse_key
+
+    text = parse_str(raw).strip()
+    if text:
+        parse_key(text)
+    return text.lower()
+
+
+def encryption_keys(raw: Any) -> tuple[str, ...]:
+    keys = parse_list(raw)
+    for n, key in enumerate(keys, 1):
+        try:
+            encryption_key(key)
+        except ValueError as exc:
+            raise ValueError(f"entry {n}: {exc}") from None
+    return tuple(k.lower() for k in keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,14 +345,22 @@ class UpstreamSettings:
     """`providers.<name>`: one provider's section, one per module in `majordomo.providers`."""
 
     base_url: str
+    api_key: str
 
 
 def _upstream_section(module: ProviderModule) -> type[UpstreamSettings]:
     """The settings class of one provider, from what its module declares."""
     doc = f"upstream base URL ({module.BASE_URL_HINT})"
+    key_doc = (
+        "the gateway-wide credential sent to this provider for callers that put their "
+        "Majordomo key in the SDK's api_key and hold no credential of their own; empty: none"
+    )
     return make_dataclass(
         f"{module.NAME.title()}Settings",
-        [("base_url", str, _setting(module.BASE_URL, url, doc))],
+        [
+            ("base_url", str, _setting(module.BASE_URL, url, doc)),
+            ("api_key", str, _setting("", parse_str, key_doc, secret=True)),
+        ],
         bases=(UpstreamSettings,),
         frozen=True,
     )
@@ -407,6 +436,24 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class SecretsSettings:
+    encryption_key: str = _setting(
+        "",
+        encryption_key,
+        "AES-256 key (64 hex characters) sealing held provider credentials; empty: generated "
+        "beside the embedded database, or credentials off with an external one",
+        secret=True,
+    )
+    previous_keys: tuple[str, ...] = _setting(
+        (),
+        encryption_keys,
+        "earlier encryption keys, still opening what they sealed until "
+        "'majordomo secrets reencrypt' has re-sealed it",
+        secret=True,
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -416,6 +463,7 @@ class Settings:
     s3: S3Settings = field(default_factory=S3Settings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +477,7 @@ class SettingSpec:
     parse: Callable[[Any], Any]
     doc: str
     mapping: bool = False  # its value is a mapping (YAML) or a JSON object (environment)
+    secret: bool = False  # never repeated in a message
 
     @property
     def env_name(self) -> str:
@@ -453,6 +502,7 @@ def _walk(cls: type, prefix: str) -> Iterator[SettingSpec]:
                 f.metadata["parse"],
                 f.metadata["doc"],
                 f.metadata.get("mapping", False),
+                f.metadata.get("secret", False),
             )
         else:
             yield from _walk(f.default_factory, key + ".")  # type: ignore[arg-type]
@@ -510,7 +560,8 @@ def load_settings(
         try:
             values[key] = SPECS[key].parse(value)
         except ValueError as exc:
-            raise ConfigError(f"{origin}: {value!r} is not allowed for {key}; {exc}") from None
+            shown = "the value" if SPECS[key].secret else repr(value)
+            raise ConfigError(f"{origin}: {shown} is not allowed for {key}; {exc}") from None
     settings: Settings = _build(Settings, "", values)
     return settings
 

@@ -106,6 +106,7 @@ class RequestRecord:
     response_time_ms: int = column("int", 0)
     time_to_first_byte_ms: int | None = column("int", None)
     streamed: bool = column("bool", False)
+    proxy_key_id: uuid.UUID | None = column("uuid", None)
     provider_api_key_hash: str | None = column("text", None)
     provider_api_key_alias: str | None = column("text", None)
     error_message: str | None = column("text", None)

@@ -157,3 +157,47 @@ INSERT INTO majordomo_schema (version) VALUES (3) ON CONFLICT (version) DO NOTHI
 ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS usage_error text;
 
 INSERT INTO majordomo_schema (version) VALUES (4) ON CONFLICT (version) DO NOTHING;
+
+-- Version 5: provider credentials held by the gateway (the Go gateway's proxy keys, plus
+-- credentials held for a Majordomo key itself). Credentials are sealed (AES-256-GCM, see
+-- vault.py): `encrypted_key` never holds a plaintext; `key_hint` is what listings show.
+CREATE TABLE IF NOT EXISTS proxy_keys (
+    id                    uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    key_hash              varchar(64) NOT NULL UNIQUE,   -- SHA-256 hex of the plaintext key
+    name                  text NOT NULL,
+    description           text,
+    majordomo_api_key_id  uuid NOT NULL REFERENCES api_keys (id),
+    is_active             boolean NOT NULL DEFAULT true,
+    created_at            timestamptz NOT NULL DEFAULT now(),
+    revoked_at            timestamptz,
+    last_used_at          timestamptz,
+    request_count         bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS proxy_keys_majordomo_api_key_id_idx
+    ON proxy_keys (majordomo_api_key_id);
+
+CREATE TABLE IF NOT EXISTS proxy_key_provider_mappings (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    proxy_key_id   uuid NOT NULL REFERENCES proxy_keys (id) ON DELETE CASCADE,
+    provider       text NOT NULL,
+    encrypted_key  text NOT NULL,
+    key_hint       text NOT NULL DEFAULT '',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (proxy_key_id, provider)
+);
+
+CREATE TABLE IF NOT EXISTS api_key_provider_mappings (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    api_key_id     uuid NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+    provider       text NOT NULL,
+    encrypted_key  text NOT NULL,
+    key_hint       text NOT NULL DEFAULT '',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (api_key_id, provider)
+);
+
+ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS proxy_key_id uuid REFERENCES proxy_keys (id);
+
+INSERT INTO majordomo_schema (version) VALUES (5) ON CONFLICT (version) DO NOTHING;

@@ -35,14 +35,17 @@ from majordomo.app import create_app
 from majordomo.auth import KeyCache
 from majordomo.bodystore import BodyStore, open_body_store
 from majordomo.config import PostgresSettings, Settings
+from majordomo.credentials import HeldCredentials
 from majordomo.db import Database, describe, open_database
 from majordomo.errors import MajordomoError
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook, refresh_prices
+from majordomo.providers import PROVIDER_NAMES
 from majordomo.proxy import new_http_client
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
+from majordomo.vault import Vault, open_vault
 
 log = logging.getLogger("majordomo.server")
 
@@ -59,6 +62,7 @@ class GatewayState:
     http: httpx.AsyncClient
     records: trio.MemorySendChannel[RequestRecord]
     keys: KeyCache
+    credentials: HeldCredentials
     spool: Spool
     metrics: Metrics
     bodies: BodyStore
@@ -93,6 +97,14 @@ async def forget_changed_keys(
     await state.db.keys.listen_for_changes(on_change)
 
 
+async def forget_changed_credentials(
+    state: GatewayState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Drop every remembered credential the moment one changes or a proxy key is revoked."""
+    task_status.started()
+    await state.db.credentials.listen_for_changes(lambda _: state.credentials.clear())
+
+
 async def refresh_price_table(
     state: GatewayState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -109,7 +121,11 @@ async def refresh_price_table(
 
 
 # Helpers started next to the server, one line each.
-BACKGROUND_TASKS: Sequence[BackgroundTask] = (forget_changed_keys, refresh_price_table)
+BACKGROUND_TASKS: Sequence[BackgroundTask] = (
+    forget_changed_keys,
+    forget_changed_credentials,
+    refresh_price_table,
+)
 
 
 async def wait_for_signal() -> None:
@@ -173,10 +189,13 @@ async def run_gateway(
     """
     if sockets is None:
         sockets = bind_sockets(settings)
+    vault, where = open_vault(settings)  # a bad key file stops start-up here, in one line
+    log.info("held provider credentials: %s", "on, " + where if vault else where)
     try:
         await _run(
             settings,
             postgres,
+            vault,
             create_database,
             shutdown_trigger,
             background_tasks,
@@ -192,6 +211,7 @@ async def run_gateway(
 async def _run(
     settings: Settings,
     postgres: PostgresSettings,
+    vault: Vault | None,
     create_database: bool,
     shutdown_trigger: ShutdownTrigger,
     background_tasks: Sequence[BackgroundTask],
@@ -213,6 +233,16 @@ async def _run(
                 ttl=settings.auth.cache_ttl,
                 negative_ttl=settings.auth.negative_cache_ttl,
             )
+            credentials = HeldCredentials(
+                find_proxy_key=db.credentials.find_proxy_key,
+                find_key_credential=db.credentials.find_key_credential,
+                vault=vault,
+                defaults={
+                    name: settings.providers.upstream(name).api_key for name in PROVIDER_NAMES
+                },
+                ttl=settings.auth.cache_ttl,
+                negative_ttl=settings.auth.negative_cache_ttl,
+            )
             spool = Spool(Path(settings.logging.spool_dir))
             bodies = open_body_store(settings)
             prices = PriceBook(settings.pricing.overrides)
@@ -226,6 +256,7 @@ async def _run(
                 http=http,
                 records=send,
                 keys=keys,
+                credentials=credentials,
                 spool=spool,
                 metrics=metrics,
                 bodies=bodies,

@@ -24,6 +24,8 @@ from majordomo.cli.common import (
 from majordomo.cli.keys import keys_app
 from majordomo.cli.metadata import metadata_app
 from majordomo.cli.pricing import pricing_app
+from majordomo.cli.proxy_keys import proxy_keys_app
+from majordomo.cli.secrets import secrets_app
 from majordomo.cli.usage import usage_app
 from majordomo.db import Database
 from majordomo.errors import MajordomoError, sole_error
@@ -33,6 +35,8 @@ app = cyclopts.App(
     help="An LLM API gateway that records exact usage and cost in PostgreSQL.",
 )
 app.command(keys_app)
+app.command(proxy_keys_app)
+app.command(secrets_app)
 app.command(metadata_app)
 app.command(pricing_app)
 app.command(usage_app)

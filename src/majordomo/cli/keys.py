@@ -1,4 +1,5 @@
-"""`majordomo keys …`: create, list, show, rename and revoke Majordomo API keys."""
+"""`majordomo keys …`: create, list, show, rename and revoke Majordomo API keys, and the
+provider credentials held for a key (`set-provider`, `remove-provider`, `list-providers`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import cyclopts
 
 from majordomo.auth import generate_key, hash_key
 from majordomo.cli.common import ConfigOption, JsonFlag, prepare, print_json, run_with_database
+from majordomo.cli.held import add_held_credential_commands
 from majordomo.db import ApiKey, Database
+from majordomo.db.credentials import API_KEY
 from majordomo.errors import MajordomoError
 
 keys_app = cyclopts.App(name="keys", help="Manage Majordomo API keys.")
@@ -139,3 +142,12 @@ def revoke(key_id: KeyId, /, *, json: JsonFlag = False, config: ConfigOption = N
 
     key = run_with_database(ctx, action)
     print_json(key.as_json()) if json else print(f"Revoked key {key.id} ({key.name}).")
+
+
+add_held_credential_commands(
+    keys_app,
+    API_KEY,
+    "api_key_id",
+    parse_key_id,
+    "The key's id, as 'majordomo keys list' shows it.",
+)

@@ -7,8 +7,9 @@ cancels the running statement, and goes through `translated`: an unreachable ser
 `DatabaseUnavailable`; for statements that store rows, a row the server refuses for its
 content becomes `RowsRefused`. Anything a person can act on is a `MajordomoError` with advice.
 
-The queries live with their table: `db.keys` (api_keys), `db.metadata`
-(llm_requests_metadata_keys), `db.requests` (llm_requests) and `db.reports` (reads over it).
+The queries live with their table: `db.keys` (api_keys), `db.credentials` (proxy_keys and
+the held provider credentials), `db.metadata` (llm_requests_metadata_keys), `db.requests`
+(llm_requests) and `db.reports` (reads over it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from majordomo.config import PostgresSettings
+from majordomo.db.credentials import CredentialQueries, Mapping, ProxyKey
 from majordomo.db.keys import ApiKey, KeyQueries
 from majordomo.db.metadata import MetadataKey, MetadataQueries
 from majordomo.db.reports import ReportQueries
@@ -37,7 +39,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "ApiKey",
     "Database",
+    "Mapping",
     "MetadataKey",
+    "ProxyKey",
     "describe",
     "open_database",
     "schema_sql",
@@ -49,7 +53,7 @@ log = logging.getLogger("majordomo.db")
 T = TypeVar("T")
 
 # The version recorded by the last statement of schema.sql.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Any two gateways migrating at once serialise on this advisory lock ("mdm" in ASCII).
 _MIGRATE_LOCK_ID = 0x6D646D
 # How often a notification connection checks that it is still alive, in seconds.
@@ -84,6 +88,7 @@ class Database:
         self._pool = pool
         self.settings = settings
         self.keys = KeyQueries(self)
+        self.credentials = CredentialQueries(self)
         self.metadata = MetadataQueries(self)
         self.requests = RequestQueries(self)
         self.reports = ReportQueries(self)

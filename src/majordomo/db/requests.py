@@ -32,7 +32,8 @@ class RequestQueries:
         """Insert finished requests in one round trip; return how many rows were new.
 
         Ids already present are skipped, so replaying a batch is safe, and the counters this
-        statement moves (`api_keys.request_count`/`last_used_at`, the metadata key registry)
+        statement moves (`request_count`/`last_used_at` of the key and the proxy key, the metadata
+        key registry)
         only count the rows it actually inserted. Active metadata keys of each API key are
         copied into `indexed_metadata` in the same statement.
         """
@@ -207,7 +208,7 @@ inserted AS (
            ), '{{}}'::jsonb)
       FROM input AS i
     ON CONFLICT (id) DO NOTHING
-    RETURNING majordomo_api_key_id, requested_at, raw_metadata
+    RETURNING majordomo_api_key_id, proxy_key_id, requested_at, raw_metadata
 ),
 {counters}"""
 
@@ -221,6 +222,14 @@ _COUNTERS = """key_counts AS (
       FROM (SELECT majordomo_api_key_id AS id, count(*) AS n, max(requested_at) AS last_used
               FROM inserted WHERE majordomo_api_key_id IS NOT NULL GROUP BY 1) AS c
      WHERE k.id = c.id
+),
+proxy_key_counts AS (
+    UPDATE proxy_keys AS p
+       SET request_count = p.request_count + c.n,
+           last_used_at = greatest(p.last_used_at, c.last_used)
+      FROM (SELECT proxy_key_id AS id, count(*) AS n, max(requested_at) AS last_used
+              FROM inserted WHERE proxy_key_id IS NOT NULL GROUP BY 1) AS c
+     WHERE p.id = c.id
 ),
 metadata_counts AS (
     SELECT majordomo_api_key_id AS key_id, m.name, count(*) AS n, max(requested_at) AS last_seen

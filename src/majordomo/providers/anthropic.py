@@ -38,6 +38,9 @@ BASE_URL_HINT = "no /v1"
 # Who bills the call, as genai-prices and llm-prices name them.
 PRICE_PROVIDER = "anthropic"
 LLM_PRICES_VENDOR = "anthropic"
+# Where a held credential goes (`Authorization: Bearer …` / `x-api-key` / `x-goog-api-key`).
+CREDENTIAL_HEADER = b"x-api-key"
+CREDENTIAL_SCHEME = b""
 
 _COUNT_FIELDS = (
     "input_tokens",

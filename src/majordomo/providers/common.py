@@ -70,6 +70,9 @@ class ProviderModule(Protocol):
     BASE_URL_HINT: str  # what the base URL leaves out, for its setting's description
     PRICE_PROVIDER: str  # genai-prices' provider id
     LLM_PRICES_VENDOR: str
+    # Where this wire format carries the provider credential, and what precedes it there.
+    CREDENTIAL_HEADER: bytes
+    CREDENTIAL_SCHEME: bytes
 
     def request_info(
         self, path: str, query: str, body: bytes, *, inject_stream_usage: bool = True

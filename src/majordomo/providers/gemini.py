@@ -45,6 +45,9 @@ BASE_URL_HINT = "no /v1beta"
 # Who bills the call, as genai-prices and llm-prices name them.
 PRICE_PROVIDER = "google"
 LLM_PRICES_VENDOR = "google"
+# Where a held credential goes (`Authorization: Bearer …` / `x-api-key` / `x-goog-api-key`).
+CREDENTIAL_HEADER = b"x-goog-api-key"
+CREDENTIAL_SCHEME = b""
 
 # `.../models/<model>:<method>` or `.../tunedModels/<model>:<method>` at the end of the path.
 _MODEL_METHOD = re.compile(r"/(models|tunedModels)/([^/:]+):([A-Za-z]+)$")

@@ -46,6 +46,9 @@ BASE_URL_HINT = "no /v1"
 # Who bills the call, as genai-prices and llm-prices name them.
 PRICE_PROVIDER = "openai"
 LLM_PRICES_VENDOR = "openai"
+# Where a held credential goes (`Authorization: Bearer …` / `x-api-key` / `x-goog-api-key`).
+CREDENTIAL_HEADER = b"authorization"
+CREDENTIAL_SCHEME = b"Bearer "
 
 # Streaming endpoints that honour `stream_options.include_usage`, under whatever prefix the
 # serving provider puts its OpenAI-compatible API (`/v1/`, Gemini's `/v1beta/openai/`).

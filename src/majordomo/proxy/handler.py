@@ -1,6 +1,7 @@
 """One proxied request, read top to bottom (`ProxyRequest.run`).
 
-    detect the provider → authenticate → read the body → forward → relay → record
+    detect the provider → authenticate (and choose the credential) → read the body →
+    forward → relay → record
 
 Each step either returns what the next one needs or refuses the request with `_Reply` (a
 4xx/503 in the detected provider's error shape, before anything was forwarded: no row).
@@ -11,6 +12,7 @@ Every forwarded request ends in exactly one record, even when forwarding is cut 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -24,8 +26,9 @@ import httpx
 import trio
 
 from majordomo import providers, redact
-from majordomo.auth import KeyCache
+from majordomo.auth import KEY_PREFIX, KeyCache
 from majordomo.config import Settings
+from majordomo.credentials import PROXY_KEY_PREFIX, HeldCredentials
 from majordomo.errors import DatabaseUnavailable, Unauthorized
 from majordomo.metrics import Metrics
 from majordomo.providers import PROVIDER_NAMES, ProviderModule, RequestInfo
@@ -34,14 +37,19 @@ from majordomo.proxy.headers import (
     PROVIDER_HEADER,
     RawHeaders,
     connection_headers,
+    credential_hash,
     downstream_headers,
     header,
     metadata_from,
+    our_key_in,
+    sent_credentials,
     upstream_headers,
+    with_credential,
+    without_key_param,
 )
 from majordomo.proxy.outcome import CLIENT_CLOSED_REQUEST, Incoming, Outcome, build_record
 from majordomo.proxy.tee import Tee, TeeResult
-from majordomo.proxy.upstream import Upstreams, check_target
+from majordomo.proxy.upstream import Upstream, Upstreams, check_target
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
 
@@ -64,6 +72,7 @@ class ProxyContext:
     settings: Settings
     http: httpx.AsyncClient
     keys: KeyCache
+    credentials: HeldCredentials
     records: trio.MemorySendChannel[RequestRecord]
     upstreams: Upstreams
     spool: Spool
@@ -97,6 +106,18 @@ class _Reply(Exception):
 
 class _ClientTooSlow(Exception):
     """The client did not accept a chunk within `server.write_timeout`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Auth:
+    """Who is calling, and what goes upstream as the provider credential."""
+
+    key_id: uuid.UUID
+    # Set when the gateway supplies the credential: the header it goes in, and its value.
+    credential: tuple[bytes, bytes] | None = None
+    credential_hash: str | None = None
+    proxy_key_id: uuid.UUID | None = None
+    held_secret: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +155,9 @@ class ProxyRequest:
 
     async def run(self) -> None:
         try:
-            upstream_url = self._detect_provider()
-            key_id = await self._authenticate()
+            upstream = self._detect_provider()
+            auth = await self._authenticate()
+            headers, url = self._upstream_request(upstream, auth)
             body = await self._read_body()
         except _Reply as reply:
             await self._refuse(reply)
@@ -150,7 +172,7 @@ class ProxyRequest:
             query=self.query,
             headers=self.headers,
             provider=self.provider,
-            key_id=key_id,
+            key_id=auth.key_id,
             body=body,
             info=self.module.request_info(
                 self.path,
@@ -159,10 +181,13 @@ class ProxyRequest:
                 inject_stream_usage=self.ctx.settings.providers.inject_stream_usage,
             ),
             metadata=metadata,
+            credential_hash=auth.credential_hash,
+            proxy_key_id=auth.proxy_key_id,
+            held_secret=auth.held_secret,
         )
         ending: _Ending | None = None
         try:
-            ending = await self._forward(request.info, upstream_url)
+            ending = await self._forward(request.info, headers, url)
         finally:
             if ending is None:  # forwarding was cancelled from outside (the server stopping)
                 ending = self._cut_short()
@@ -171,8 +196,8 @@ class ProxyRequest:
 
     # -- detect, authenticate, read ----------------------------------------------------------
 
-    def _detect_provider(self) -> httpx.URL:
-        """Choose the provider (and its wire format); return the upstream URL."""
+    def _detect_provider(self) -> Upstream:
+        """Choose the provider (and its wire format); return its upstream."""
         # An explicit provider is read first: even a refusal below speaks its error shape.
         override = header(self.headers, PROVIDER_HEADER)
         if override is not None:
@@ -184,8 +209,7 @@ class ProxyRequest:
                     f"{', '.join(PROVIDER_NAMES)}",
                 )
             self._use(name)
-        raw_path: bytes = self.scope.get("raw_path") or self.path.encode()
-        refused = check_target(self.method, raw_path)
+        refused = check_target(self.method, self._raw_path())
         if refused is not None:
             raise _Reply(400, refused)
         if override is None:
@@ -193,26 +217,81 @@ class ProxyRequest:
             if detected is None:
                 raise _Reply(404, _not_served(self.path))
             self._use(detected)
-        target = raw_path + b"?" + self.query if self.query else raw_path
-        try:
-            return self.ctx.upstreams.by_provider[self.provider].url(target)
-        except httpx.InvalidURL as exc:  # check_target passes only what a URL holds; still
-            raise _Reply(400, f"the request target cannot be forwarded: {exc}") from None
+        return self.ctx.upstreams.by_provider[self.provider]
+
+    def _raw_path(self) -> bytes:
+        raw: bytes = self.scope.get("raw_path") or self.path.encode()
+        return raw
 
     def _use(self, provider: str) -> None:
         self.provider = provider
         self.module = providers.get_provider(providers.wire_format(self.path, provider))
 
-    async def _authenticate(self) -> uuid.UUID:
+    async def _authenticate(self) -> _Auth:
+        """Check the Majordomo key (in `X-Majordomo-Key`, or where the SDK puts its api_key)
+        and choose the credential: the caller's own, or one the gateway holds."""
+        sent = sent_credentials(self.headers, self.query)
+        in_slot = next((c.value for c in sent if c.value.startswith(KEY_PREFIX)), None)
+        proxy_key = next((c.value for c in sent if c.value.startswith(PROXY_KEY_PREFIX)), None)
         raw = header(self.headers, KEY_HEADER)
+        given = raw.decode("latin-1").strip() if raw is not None else ""
+        if not given and in_slot is not None:
+            given = in_slot
+        elif in_slot is not None and in_slot != given:
+            raise _Reply(
+                401,
+                "the API key holds a different Majordomo key than X-Majordomo-Key; send one "
+                "Majordomo key (in either place)",
+            )
+        if not given and proxy_key is not None:
+            raise _Reply(
+                401,
+                "a proxy key (mdm_pk_...) was sent without its Majordomo key: send the "
+                "Majordomo key in X-Majordomo-Key and the proxy key as the API key",
+            )
         try:
-            return await self.ctx.keys.authenticate(
-                raw.decode("latin-1").strip() if raw is not None else None
+            key_id = await self.ctx.keys.authenticate(given or None)
+            if proxy_key is None and in_slot is None:  # the caller's own credential
+                return _Auth(key_id, credential_hash=credential_hash(self.headers, self.query))
+            held = (
+                await self.ctx.credentials.for_proxy_key(key_id, proxy_key, self.provider)
+                if proxy_key is not None
+                else await self.ctx.credentials.for_key(key_id, self.provider)
             )
         except Unauthorized as exc:
             raise _Reply(401, str(exc)) from None
         except DatabaseUnavailable as exc:
             raise _Reply(503, str(exc)) from None
+        secret = held.secret.encode()
+        return _Auth(
+            key_id,
+            credential=(self.module.CREDENTIAL_HEADER, self.module.CREDENTIAL_SCHEME + secret),
+            credential_hash=hashlib.sha256(secret).hexdigest(),
+            proxy_key_id=held.proxy_key_id,
+            held_secret=secret,
+        )
+
+    def _upstream_request(self, upstream: Upstream, auth: _Auth) -> tuple[RawHeaders, httpx.URL]:
+        """The headers and URL that go upstream; no Majordomo key or proxy key is in them."""
+        headers = upstream_headers(self.headers)
+        query = self.query
+        if auth.credential is not None:
+            headers = with_credential(headers, *auth.credential)
+            query = without_key_param(query)
+        raw_path = self._raw_path()
+        leak = our_key_in(headers, query, raw_path)
+        if leak is not None:
+            raise _Reply(
+                400,
+                f"a Majordomo key or proxy key is in {leak}, from where it would reach "
+                f"{self.provider}; send the Majordomo key in X-Majordomo-Key or as the API "
+                "key, and a proxy key as the API key, nowhere else",
+            )
+        target = raw_path + b"?" + query if query else raw_path
+        try:
+            return headers, upstream.url(target)
+        except httpx.InvalidURL as exc:  # check_target passes only what a URL holds; still
+            raise _Reply(400, f"the request target cannot be forwarded: {exc}") from None
 
     async def _read_body(self) -> bytes:
         limit = self.ctx.settings.server.max_request_body
@@ -293,11 +372,11 @@ class ProxyRequest:
 
     # -- forward and relay -------------------------------------------------------------------
 
-    async def _forward(self, info: RequestInfo, url: httpx.URL) -> _Ending:
+    async def _forward(self, info: RequestInfo, headers: RawHeaders, url: httpx.URL) -> _Ending:
         request = httpx.Request(
             self.method,
             url,
-            headers=upstream_headers(self.headers),
+            headers=headers,
             content=info.body,
             extensions={"timeout": self.ctx.timeout},
         )

@@ -7,7 +7,8 @@ server gives them): no I/O and no state, so each is tested on its own (`tests/te
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import parse_qsl
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from majordomo import redact
 
@@ -54,6 +55,67 @@ def alias(headers: RawHeaders) -> str | None:
     """The caller's name for the provider credential it sent (`X-Majordomo-Provider-Alias`)."""
     value = header(headers, ALIAS_HEADER)
     return value.decode("utf-8", "replace") if value is not None else None
+
+
+# Where SDKs put the provider credential (`api-key` is Azure OpenAI's), and the query parameter
+# Gemini's REST examples use.
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
+KEY_PARAM = "key"
+# Majordomo keys and proxy keys: never to leave for a provider.
+_OUR_KEYS = (b"mdm_sk_", b"mdm_pk_")
+
+
+@dataclass(frozen=True, slots=True)
+class SentCredential:
+    """A credential as the caller sent it: where (a header name, or `?key`) and its value
+    (an `Authorization` scheme removed)."""
+
+    where: str
+    value: str
+
+
+def sent_credentials(headers: RawHeaders, query: bytes) -> list[SentCredential]:
+    """Every credential the caller sent, in every place an SDK puts one."""
+    sent: list[SentCredential] = []
+    for key, value in headers:
+        if key in CREDENTIAL_HEADERS:
+            if key == b"authorization" and b" " in value:
+                value = value.split(b" ", 1)[1]
+            sent.append(SentCredential(key.decode("latin-1"), value.strip().decode("latin-1")))
+    if b"key=" in query or b"%" in query:
+        for name, text in parse_qsl(query.decode("latin-1")):
+            if name == KEY_PARAM:
+                sent.append(SentCredential("?key", text.strip()))
+    return sent
+
+
+def with_credential(headers: RawHeaders, name: bytes, value: bytes) -> RawHeaders:
+    """`headers` with every credential header the caller sent replaced by `name: value`."""
+    out = [(k, v) for k, v in headers if k not in CREDENTIAL_HEADERS]
+    out.append((name, value))
+    return out
+
+
+def without_key_param(query: bytes) -> bytes:
+    """The query string without its `key` parameter(s), however spelled; the rest as sent."""
+    kept = [
+        part
+        for part in query.split(b"&")
+        if unquote_to_bytes(part.split(b"=", 1)[0].replace(b"+", b" ")) != KEY_PARAM.encode()
+    ]
+    return b"&".join(kept)
+
+
+def our_key_in(headers: RawHeaders, query: bytes, path: bytes) -> str | None:
+    """Where a Majordomo key or a proxy key would leave for the provider, or None."""
+    for key, value in headers:
+        if any(ours in value for ours in _OUR_KEYS):
+            return f"the {key.decode('latin-1')} header"
+    for part, where in ((query, "the query string"), (path, "the path")):
+        decoded = unquote_to_bytes(part) if b"%" in part else part
+        if any(ours in decoded for ours in _OUR_KEYS):
+            return where
+    return None
 
 
 def credential_hash(headers: RawHeaders, query: bytes) -> str | None:

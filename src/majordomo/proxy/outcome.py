@@ -16,7 +16,7 @@ from datetime import datetime
 from majordomo import redact
 from majordomo.config import LoggingSettings
 from majordomo.providers import RequestInfo
-from majordomo.proxy.headers import RawHeaders, alias, credential_hash
+from majordomo.proxy.headers import RawHeaders, alias
 from majordomo.proxy.tee import TeeResult
 from majordomo.records import Exchange, RequestRecord, Usage
 
@@ -40,6 +40,12 @@ class Incoming:
     body: bytes
     info: RequestInfo
     metadata: dict[str, str]
+    # The credential that went upstream: its SHA-256 (the row's provider_api_key_hash), the
+    # proxy key it came from, and, when the gateway supplied it, its value (scrubbed from
+    # everything kept, like the caller's own credentials).
+    credential_hash: str | None = None
+    proxy_key_id: uuid.UUID | None = None
+    held_secret: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,8 @@ def build_record(
 ) -> RequestRecord:
     """The record of one forwarded request; `bodies` is set when bodies are kept."""
     secrets = redact.credential_values(request.headers, request.query)
+    if request.held_secret is not None:
+        secrets = tuple(sorted((*secrets, request.held_secret), key=len, reverse=True))
     error = outcome.error_message
     if error is not None:
         error = redact.scrub_text_values(error, secrets)  # a provider may echo the key
@@ -83,7 +91,8 @@ def build_record(
         response_time_ms=outcome.response_time_ms,
         time_to_first_byte_ms=outcome.time_to_first_byte_ms,
         streamed=outcome.streamed,
-        provider_api_key_hash=credential_hash(request.headers, request.query),
+        proxy_key_id=request.proxy_key_id,
+        provider_api_key_hash=request.credential_hash,
         provider_api_key_alias=alias(request.headers),
         error_message=error,
         usage_error=tee.usage_error if tee else None,
