@@ -25,6 +25,7 @@ from tests.poll import wait_until
 
 # The key the in-process gateways seal with; the CLI in tests is given the same one.
 TEST_ENCRYPTION_KEY = secrets.token_hex(32)
+TEST_JWT_SECRET = secrets.token_hex(32)
 
 
 def gateway_settings(
@@ -38,6 +39,7 @@ def gateway_settings(
         "pricing": {"remote_url": ""},  # tests never reach the internet: bundled prices
         # Held credentials on, as they are with the embedded database, without a key file.
         "secrets": {"encryption_key": TEST_ENCRYPTION_KEY},
+        "jwt": {"secret": TEST_JWT_SECRET},
     }
     if upstream_url is not None:
         values["providers"] = {name: {"base_url": upstream_url} for name in PROVIDER_NAMES}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from tests.docblocks import parse_blocks
+from tests.docblocks import Block, parse_blocks
 from tests.fakeupstream import FakeUpstream
 from tests.harness import TEST_ENCRYPTION_KEY, running_gateway
 from tests.pghelpers import PgAdmin
@@ -27,11 +27,11 @@ SECRETS = {
 }
 
 
-def script() -> str:
-    """The page's runnable blocks as one bash script: python blocks as here-documents, each
+def script(blocks: list[Block]) -> str:
+    """A page's runnable blocks as one bash script: python blocks as here-documents, each
     started with a marker line so the output can be told apart."""
     parts = ["set -euo pipefail"]
-    for block in BLOCKS:
+    for block in blocks:
         if not block.runs:
             continue
         parts.append(f"echo '=== {block.title}'")
@@ -39,6 +39,7 @@ def script() -> str:
             parts.append(f"python3 - <<'PYTHON'\n{block.code}PYTHON")
         else:
             parts.append(block.code)
+        parts.append("echo")  # curl prints no final newline
     return "\n".join(parts) + "\n"
 
 
@@ -72,7 +73,7 @@ async def test_the_walkthrough(pg: PgAdmin, fake: FakeUpstream, tmp_path: Path) 
         )
         with trio.fail_after(RUN_TIMEOUT):
             done = await trio.run_process(
-                ["bash", "-c", script()],
+                ["bash", "-c", script(BLOCKS)],
                 env=env,
                 cwd=tmp_path,
                 capture_stdout=True,

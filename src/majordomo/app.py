@@ -1,5 +1,6 @@
 """The HTTP surface: an ASGI app that sends proxied paths to `proxy.handle_proxy` and the
-gateway's own endpoints (`/health`, `/readyz`, `/metrics`) to a Quart-Trio app.
+gateway's own endpoints (`/health`, `/readyz`, `/metrics`, the admin API under `/api/`) to a
+Quart-Trio app.
 
 The proxy skips the web framework on purpose: it needs the raw ASGI receive channel (to see a
 client disconnect while it relays), per-write timeouts, and none of Quart's per-request work
@@ -15,6 +16,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
+from majordomo.admin import add_routes
 from majordomo.cors import CorsPolicy, is_preflight
 from majordomo.errors import DatabaseUnavailable
 from majordomo.proxy import (
@@ -32,12 +34,14 @@ if TYPE_CHECKING:
 
 # Readiness answers 503 when the database has not answered a ping within this many seconds.
 READINESS_DB_TIMEOUT = 2.0
-# Served by the Quart app; every other path is proxied.
+# Served by the Quart app (with everything under /api/); every other path is proxied.
 OWN_PATHS = frozenset({"/health", "/readyz", "/metrics"})
+OWN_PREFIX = "/api/"
 
 
 def create_admin_app(state: GatewayState) -> QuartTrio:
     app = QuartTrio("majordomo")
+    add_routes(app, state)
 
     @app.get("/health")
     async def health() -> Response:
@@ -116,7 +120,8 @@ def create_app(state: GatewayState) -> Any:
             origin = _header(scope["headers"], b"origin")
             if origin is not None and cors.allows(origin):
                 send = _with_headers(send, cors.response_headers(origin))
-        if scope["path"] not in OWN_PATHS:
+        path: str = scope["path"]
+        if path not in OWN_PATHS and not path.startswith(OWN_PREFIX):
             await handle_proxy(proxy, scope, receive, send)
         else:
             await own_routes(scope, receive, send)

@@ -64,8 +64,8 @@ class _Entry:
 
 
 MISSING_KEY = (
-    "missing X-Majordomo-Key header; send your Majordomo key (mdm_sk_...) in it, or create "
-    "one with 'majordomo keys create --name NAME'"
+    "missing X-Majordomo-Key header; send your Majordomo key (mdm_sk_...) in it or as the "
+    "SDK's API key, or create one with 'majordomo keys create --name NAME'"
 )
 MALFORMED_KEY = (
     "X-Majordomo-Key is not a Majordomo key: expected mdm_sk_ followed by 43 characters, "

@@ -453,6 +453,28 @@ class SecretsSettings:
     )
 
 
+def jwt_secret(raw: Any) -> str:
+    text = parse_str(raw).strip()
+    if text and len(text) < 32:
+        raise ValueError(
+            "expected at least 32 characters (HS256 wants 256 bits); generate one with "
+            "'openssl rand -hex 32'"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    secret: str = _setting(
+        "",
+        jwt_secret,
+        "HS256 secret signing admin API tokens (32+ characters); empty: generated beside the "
+        "embedded database, or the admin API off with an external one",
+        secret=True,
+    )
+    expiry: float = _setting(86400.0, parse_duration, "how long a login token is valid")
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -464,6 +486,7 @@ class Settings:
     pricing: PricingSettings = field(default_factory=PricingSettings)
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,3 +201,36 @@ CREATE TABLE IF NOT EXISTS api_key_provider_mappings (
 ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS proxy_key_id uuid REFERENCES proxy_keys (id);
 
 INSERT INTO majordomo_schema (version) VALUES (5) ON CONFLICT (version) DO NOTHING;
+
+-- Version 6: users (the Go gateway's columns plus role and last_login_at), the owner of a key
+-- and of each request, and the admin API's audit trail.
+CREATE TABLE IF NOT EXISTS users (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    username       text NOT NULL UNIQUE,
+    password_hash  text NOT NULL,               -- argon2id (bcrypt accepted from the Go gateway)
+    is_active      boolean NOT NULL DEFAULT true,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    role           text NOT NULL DEFAULT 'member' CHECK (role IN ('admin', 'member')),
+    last_login_at  timestamptz
+);
+
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS user_id uuid REFERENCES users (id);
+CREATE INDEX IF NOT EXISTS api_keys_user_id_idx ON api_keys (user_id);
+ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS user_id uuid REFERENCES users (id);
+CREATE INDEX IF NOT EXISTS llm_requests_user_id_requested_at_idx
+    ON llm_requests (user_id, requested_at DESC);
+
+CREATE TABLE IF NOT EXISTS admin_audit (
+    id              bigserial PRIMARY KEY,
+    at              timestamptz NOT NULL DEFAULT now(),
+    actor_user_id   uuid REFERENCES users (id),
+    actor           text NOT NULL,              -- a username, or 'cli' for the command line
+    action          text NOT NULL,              -- e.g. api_key.create, user.disable
+    target_type     text,
+    target_id       text,
+    details         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    client_address  text
+);
+CREATE INDEX IF NOT EXISTS admin_audit_at_idx ON admin_audit (at DESC);
+
+INSERT INTO majordomo_schema (version) VALUES (6) ON CONFLICT (version) DO NOTHING;

@@ -31,6 +31,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from majordomo.admin import LoginThrottle, jwt_secret
 from majordomo.app import create_app
 from majordomo.auth import KeyCache
 from majordomo.bodystore import BodyStore, open_body_store
@@ -67,6 +68,9 @@ class GatewayState:
     metrics: Metrics
     bodies: BodyStore
     prices: PriceBook
+    vault: Vault | None = None  # None: held credentials are off
+    jwt_secret: str | None = None  # None: the admin API is off
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     shutting_down: bool = False
     bound_urls: list[str] = field(default_factory=list)
 
@@ -191,11 +195,14 @@ async def run_gateway(
         sockets = bind_sockets(settings)
     vault, where = open_vault(settings)  # a bad key file stops start-up here, in one line
     log.info("held provider credentials: %s", "on, " + where if vault else where)
+    secret, where = jwt_secret(settings)
+    log.info("admin API: %s", "on, signing secret " + where if secret else where)
     try:
         await _run(
             settings,
             postgres,
             vault,
+            secret,
             create_database,
             shutdown_trigger,
             background_tasks,
@@ -212,6 +219,7 @@ async def _run(
     settings: Settings,
     postgres: PostgresSettings,
     vault: Vault | None,
+    secret: str | None,
     create_database: bool,
     shutdown_trigger: ShutdownTrigger,
     background_tasks: Sequence[BackgroundTask],
@@ -261,6 +269,8 @@ async def _run(
                 metrics=metrics,
                 bodies=bodies,
                 prices=prices,
+                vault=vault,
+                jwt_secret=secret,
             )
             try:
                 await _supervise(

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from majordomo.errors import MajordomoError
+from majordomo.secretfile import beside_embedded_data, load_or_create
 
 if TYPE_CHECKING:
     from majordomo.config import Settings
@@ -155,25 +154,9 @@ def load_or_create_key_file(directory: Path) -> bytes:
     """The generated key kept in `directory` (created once, mode 0600, race-free)."""
     path = directory / KEY_FILE_NAME
     try:
-        return parse_key(path.read_text(encoding="ascii"))
-    except FileNotFoundError:
-        pass
+        return parse_key(load_or_create(directory, KEY_FILE_NAME))
     except ValueError as exc:
         raise MajordomoError(f"{path} does not hold an encryption key: {exc}") from None
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".{KEY_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(secrets.token_hex(32) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        # Fails if another process got there first: theirs is the key, read below.
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return parse_key(path.read_text(encoding="ascii"))
 
 
 def open_vault(settings: Settings) -> tuple[Vault | None, str]:
@@ -186,6 +169,6 @@ def open_vault(settings: Settings) -> tuple[Vault | None, str]:
         return vault, f"key {vault.current_id} from secrets.encryption_key"
     if settings.storage.postgres.host:
         return None, CREDENTIALS_OFF
-    directory = Path(settings.storage.embedded.data_dir).expanduser().resolve().parent
+    directory = beside_embedded_data(settings.storage.embedded.data_dir)
     vault = Vault(load_or_create_key_file(directory), previous)
     return vault, f"key {vault.current_id} kept in {directory / KEY_FILE_NAME}"

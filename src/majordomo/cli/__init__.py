@@ -27,6 +27,7 @@ from majordomo.cli.pricing import pricing_app
 from majordomo.cli.proxy_keys import proxy_keys_app
 from majordomo.cli.secrets import secrets_app
 from majordomo.cli.usage import usage_app
+from majordomo.cli.users import audit, users_app
 from majordomo.db import Database
 from majordomo.errors import MajordomoError, sole_error
 
@@ -37,6 +38,8 @@ app = cyclopts.App(
 app.command(keys_app)
 app.command(proxy_keys_app)
 app.command(secrets_app)
+app.command(users_app)
+app.command(audit)
 app.command(metadata_app)
 app.command(pricing_app)
 app.command(usage_app)

@@ -35,6 +35,7 @@ def _describe(key: ApiKey) -> str:
         f"id:            {key.id}",
         f"name:          {key.name}",
         f"description:   {key.description or ''}",
+        f"owner:         {key.user_id or ''}",
         f"status:        {status}",
         f"created:       {key.created_at:%Y-%m-%d %H:%M:%S %Z}",
         f"last used:     {key.last_used_at or 'never'}",
@@ -48,6 +49,7 @@ def create(
     *,
     name: Annotated[str, cyclopts.Parameter(help="A name to recognise the key by.")],
     description: str | None = None,
+    user: Annotated[str | None, cyclopts.Parameter(help="The username of the key's owner.")] = None,
     json: JsonFlag = False,
     config: ConfigOption = None,
 ) -> None:
@@ -58,7 +60,8 @@ def create(
     plaintext = generate_key()
 
     async def action(db: Database) -> ApiKey:
-        return await db.keys.create(hash_key(plaintext), name, description)
+        owner = (await db.users.by_username(user)).id if user is not None else None
+        return await db.keys.create(hash_key(plaintext), name, description, owner)
 
     key = run_with_database(ctx, action)
     if json:

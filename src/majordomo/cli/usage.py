@@ -189,6 +189,7 @@ async def load_report(
     grouping: Grouping,
     *,
     key_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
     limit: int | None = None,
     all_days: bool = False,
 ) -> UsageReport:
@@ -200,6 +201,7 @@ async def load_report(
         by=grouping.by,
         meta_name=grouping.meta_name,
         key_id=key_id,
+        user_id=user_id,
         limit=None if grouping.by == "day" else limit,
     )
     total, groups = UsageRow.from_db(rows[0]), [UsageRow.from_db(r) for r in rows[1:]]

@@ -8,8 +8,8 @@ cancels the running statement, and goes through `translated`: an unreachable ser
 content becomes `RowsRefused`. Anything a person can act on is a `MajordomoError` with advice.
 
 The queries live with their table: `db.keys` (api_keys), `db.credentials` (proxy_keys and
-the held provider credentials), `db.metadata` (llm_requests_metadata_keys), `db.requests`
-(llm_requests) and `db.reports` (reads over it).
+the held provider credentials), `db.users` (users and admin_audit), `db.metadata`
+(llm_requests_metadata_keys), `db.requests` (llm_requests) and `db.reports` (reads over it).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from majordomo.db.keys import ApiKey, KeyQueries
 from majordomo.db.metadata import MetadataKey, MetadataQueries
 from majordomo.db.reports import ReportQueries
 from majordomo.db.requests import RequestQueries, storable_text
+from majordomo.db.users import User, UserQueries
 from majordomo.errors import DatabaseUnavailable, MajordomoError, RowsRefused
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Mapping",
     "MetadataKey",
     "ProxyKey",
+    "User",
     "describe",
     "open_database",
     "schema_sql",
@@ -53,7 +55,7 @@ log = logging.getLogger("majordomo.db")
 T = TypeVar("T")
 
 # The version recorded by the last statement of schema.sql.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Any two gateways migrating at once serialise on this advisory lock ("mdm" in ASCII).
 _MIGRATE_LOCK_ID = 0x6D646D
 # How often a notification connection checks that it is still alive, in seconds.
@@ -89,6 +91,7 @@ class Database:
         self.settings = settings
         self.keys = KeyQueries(self)
         self.credentials = CredentialQueries(self)
+        self.users = UserQueries(self)
         self.metadata = MetadataQueries(self)
         self.requests = RequestQueries(self)
         self.reports = ReportQueries(self)

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 # Keys changed (revoked, renamed) are announced here so every gateway drops its cached entry.
 KEYS_CHANNEL = "majordomo_keys"
 
-_COLUMNS = "id, name, description, is_active, created_at, revoked_at, last_used_at, request_count"
+_COLUMNS = (
+    "id, name, description, user_id, is_active, created_at, revoked_at, last_used_at, request_count"
+)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -31,6 +33,7 @@ class ApiKey:
     id: uuid.UUID
     name: str
     description: str | None
+    user_id: uuid.UUID | None
     is_active: bool
     created_at: datetime
     revoked_at: datetime | None
@@ -46,6 +49,7 @@ class ApiKey:
             "id": str(self.id),
             "name": self.name,
             "description": self.description,
+            "user_id": str(self.user_id) if self.user_id else None,
             "is_active": self.is_active,
             "created_at": iso(self.created_at),
             "revoked_at": iso(self.revoked_at),
@@ -62,19 +66,31 @@ class KeyQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, key_hash: str, name: str, description: str | None) -> ApiKey:
+    async def create(
+        self,
+        key_hash: str,
+        name: str,
+        description: str | None,
+        user_id: uuid.UUID | None = None,
+    ) -> ApiKey:
         row = await self._db.fetchrow(
-            f"INSERT INTO api_keys (key_hash, name, description) VALUES ($1, $2, $3) "
+            f"INSERT INTO api_keys (key_hash, name, description, user_id) VALUES ($1, $2, $3, $4) "
             f"RETURNING {_COLUMNS}",
             key_hash,
             name,
             description,
+            user_id,
         )
         assert row is not None  # INSERT … RETURNING returns its row
         return ApiKey.from_row(row)
 
-    async def list(self) -> list[ApiKey]:
-        rows = await self._db.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+    async def list(self, user_id: uuid.UUID | None = None) -> list[ApiKey]:
+        """Every key, or those owned by `user_id`."""
+        rows = await self._db.fetch(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE $1::uuid IS NULL OR user_id = $1 "
+            "ORDER BY created_at, id",
+            user_id,
+        )
         return [ApiKey.from_row(row) for row in rows]
 
     async def get(self, key_id: uuid.UUID) -> ApiKey:

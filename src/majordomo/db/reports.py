@@ -22,6 +22,7 @@ class ReportQueries:
         by: str,
         meta_name: str | None = None,
         key_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Requests, tokens, cost and errors of `llm_requests` in `[since, until)`, grouped.
@@ -33,7 +34,8 @@ class ReportQueries:
         The first row is the whole window's total (`is_total` true), then up to `limit` groups
         (all when None), most expensive first; every row carries `groups`, the number of groups
         before the limit. One scan of the window, through `llm_requests_requested_at_idx`, or
-        `(majordomo_api_key_id, requested_at)` when `key_id` is given. Nothing is interpolated:
+        `(majordomo_api_key_id, requested_at)` when `key_id` is given, or
+        `(user_id, requested_at DESC)` for one user's requests. Nothing is interpolated:
         the grouping and the metadata key name are parameters.
         """
         if by not in ("model", "provider", "key", "meta", "day"):
@@ -55,6 +57,7 @@ class ReportQueries:
                   FROM llm_requests
                  WHERE requested_at >= $1 AND requested_at < $2
                    AND ($3::uuid IS NULL OR majordomo_api_key_id = $3)
+                   AND ($7::uuid IS NULL OR user_id = $7)
             ),
             grouped AS (
                 SELECT grp,
@@ -83,5 +86,6 @@ class ReportQueries:
             by,
             meta_name,
             limit,
+            user_id,
         )
         return [dict(row.items()) for row in rows]

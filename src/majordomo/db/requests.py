@@ -197,8 +197,9 @@ WITH input AS (
     SELECT * FROM unnest({arrays}) AS t({names})
 ),
 inserted AS (
-    INSERT INTO llm_requests ({names}, indexed_metadata)
+    INSERT INTO llm_requests ({names}, user_id, indexed_metadata)
     SELECT {values},
+           (SELECT k.user_id FROM api_keys AS k WHERE k.id = i.majordomo_api_key_id),
            coalesce((
                SELECT jsonb_object_agg(e.key, e.value)
                  FROM jsonb_each(i.raw_metadata::jsonb) AS e
