@@ -3,6 +3,8 @@ shapes, JSON errors everywhere, members confined to their own keys, audit, throt
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -423,3 +425,156 @@ async def test_metadata_keys_are_activated_over_http_as_the_cli_does(
     assert [(m["key_name"], m["is_active"]) for m in listed] == [("team", True)]
     off = await client.delete(f"{base}/team/active", headers=headers)
     assert off.json()["is_active"] is False
+
+
+# -- the request log --------------------------------------------------------------------------
+
+
+async def send(gateway: Gateway, model: str, **headers: str) -> str:
+    async with httpx.AsyncClient(base_url=gateway.url) as proxy:
+        response = await proxy.post(
+            "/v1/chat/completions",
+            headers={"X-Majordomo-Key": gateway.key, **headers},
+            json={"model": model, "messages": [{"role": "user", "content": "hello"}]},
+        )
+    return response.headers["x-request-id"]
+
+
+async def test_the_request_log_pages_newest_first_and_filters(
+    client: httpx.AsyncClient, pg: PgAdmin, gateway: Gateway
+) -> None:
+    await add_user(pg, "root", role="admin")
+    headers = await token_for(client, "root")
+    ids = [
+        await send(gateway, "gpt-4o-mini", **{"X-Majordomo-Team": f"t{n % 2}"}) for n in range(5)
+    ]
+    await send(gateway, "gpt-4o", **{"X-Fake-Status": "500"})
+    await gateway.rows(6)
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": "2", "model": "gpt-4o-mini", **({"before": cursor} if cursor else {})}
+        page = (await client.get(f"{ADMIN}/requests", headers=headers, params=params)).json()
+        seen += [r["id"] for r in page["requests"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]  # newest first, each once
+    errors = await client.get(f"{ADMIN}/requests", headers=headers, params={"status": "500"})
+    assert [r["model"] for r in errors.json()["requests"]] == ["gpt-4o"]
+    team = await client.get(f"{ADMIN}/requests", headers=headers, params={"meta.team": "t1"})
+    assert [r["id"] for r in team.json()["requests"]] == [ids[3], ids[1]]
+    assert team.json()["requests"][0]["raw_metadata"] == {"team": "t1"}
+    bad = await client.get(f"{ADMIN}/requests", headers=headers, params={"before": "nonsense"})
+    assert "is not a cursor" in error_of(bad, 400)
+    # A member sees none of these requests (their keys made none), and not one of them.
+    await add_user(pg, "alice")
+    alice = await token_for(client, "alice")
+    assert (await client.get(f"{ADMIN}/requests", headers=alice)).json()["requests"] == []
+    other = await client.get(f"{ADMIN}/requests/{ids[0]}", headers=alice)
+    assert "belongs to another user" in error_of(other, 403)
+
+
+async def test_a_request_shows_its_bodies_from_postgres(
+    client: httpx.AsyncClient, pg: PgAdmin, fake: FakeUpstream
+) -> None:
+    async with running_gateway(
+        pg, fake.base_url, settings={"logging": {"body_storage": "postgres"}}
+    ) as gw:
+        await add_user(pg, "root", role="admin")
+        async with httpx.AsyncClient(base_url=gw.url) as admin:
+            headers = await token_for(admin, "root")
+            request_id = await send(gw, "gpt-4o-mini")
+            await gw.row(request_id)
+            detail = (await admin.get(f"{ADMIN}/requests/{request_id}", headers=headers)).json()
+    assert detail["id"] == request_id
+    assert json.loads(detail["request_body"])["messages"][0]["content"] == "hello"
+    answer = json.loads(detail["response_body"])
+    assert answer["choices"][0]["message"]["content"] == fake.calls[0].text
+    assert detail["stored_bodies"] is None
+    assert detail["total_cost"] != "0"
+
+
+async def test_browser_apps_on_an_allowed_origin_may_call_the_admin_api(
+    pg: PgAdmin, fake: FakeUpstream
+) -> None:
+    origin = "https://console.example.com"
+    settings = {"cors": {"allowed_origins": [origin]}}
+    async with (
+        running_gateway(pg, fake.base_url, settings=settings) as gw,
+        httpx.AsyncClient(base_url=gw.url) as client,
+    ):
+        preflight = await client.options(
+            f"{ADMIN}/login",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == origin
+        refused = await client.post(
+            f"{ADMIN}/login", headers={"Origin": origin}, json={"username": "x", "password": "y"}
+        )
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == origin
+        other = await client.get(f"{ADMIN}/me", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_members_own_requests_carry_their_user_id_and_are_theirs_to_see(
+    client: httpx.AsyncClient, pg: PgAdmin, gateway: Gateway
+) -> None:
+    alice = await add_user(pg, "alice")
+    headers = await token_for(client, "alice")
+    key = (await client.post(f"{ADMIN}/api-keys", headers=headers, json={"name": "a"})).json()
+    async with httpx.AsyncClient(base_url=gateway.url) as proxy:
+        answer = await proxy.post(
+            "/v1/chat/completions",
+            headers={"X-Majordomo-Key": key["key"]},
+            json={"model": "gpt-4o-mini", "messages": []},
+        )
+    row = await gateway.row(answer.headers["x-request-id"])
+    assert row["user_id"] == alice  # the writer filled it from the key's owner
+    mine = (await client.get(f"{ADMIN}/requests", headers=headers)).json()["requests"]
+    assert [r["id"] for r in mine] == [str(row["id"])]
+    detail = await client.get(f"{ADMIN}/requests/{row['id']}", headers=headers)
+    assert detail.json()["user_id"] == str(alice)
+    usage = (await client.get(f"{ADMIN}/usage", headers=headers, params={"since": "1d"})).json()
+    assert usage["total"]["requests"] == 1
+
+
+async def test_changing_my_password(client: httpx.AsyncClient, pg: PgAdmin) -> None:
+    await add_user(pg, "alice")
+    headers = await token_for(client, "alice")
+    path = f"{ADMIN}/me/password"
+    wrong = await client.put(
+        path, headers=headers, json={"current_password": "nope", "new_password": "x" * 12}
+    )
+    assert error_of(wrong, 401) == "the current password is wrong"
+    weak = await client.put(
+        path, headers=headers, json={"current_password": PASSWORD, "new_password": "short"}
+    )
+    assert "at least 10 characters" in error_of(weak, 400)
+    done = await client.put(
+        path, headers=headers, json={"current_password": PASSWORD, "new_password": "x" * 12}
+    )
+    assert done.status_code == 200
+    relogin = await client.post(f"{ADMIN}/login", json={"username": "alice", "password": "x" * 12})
+    assert relogin.status_code == 200
+
+
+async def test_no_route_under_api_is_served_that_openapi_does_not_list(gateway: Gateway) -> None:
+    from majordomo.admin import ROUTES
+    from majordomo.app import create_admin_app
+
+    app = create_admin_app(gateway.state)
+    served = {
+        (method, re.sub(r"<(\w+)>", r"{\1}", rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/")
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    assert served == {(r.method, r.path) for r in ROUTES}

@@ -121,3 +121,33 @@ async def test_failed_uploads_leave_no_key_and_are_counted(
     assert row["body_s3_key"] is None
     assert row["input_tokens"] > 0  # the usage row is never lost for a body
     assert "majordomo_body_uploads_failed_total 1" in metrics
+
+
+async def test_the_admin_api_reads_a_requests_bodies_back_from_s3(
+    pg: PgAdmin, fake: FakeUpstream, tmp_path: Path, s3_bucket: S3Bucket
+) -> None:
+    from majordomo.passwords import hash_password
+
+    s3 = {k: v for k, v in dataclasses.asdict(s3_bucket.settings()).items() if v != ""}
+    settings = {"logging": {"body_storage": "s3", "spool_dir": str(tmp_path)}, "s3": s3}
+    async with running_gateway(pg, fake.base_url, settings=settings) as gw:
+        await pg.afetch(
+            "INSERT INTO users (username, password_hash, role) VALUES ('root', $1, 'admin')",
+            hash_password("a long enough password"),
+        )
+        response = await post(gw, "/v1/chat/completions", CHAT)
+        row = await gw.row(response.headers["x-request-id"])
+        assert row["body_s3_key"]
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            login = await client.post(
+                "/api/v1/admin/login",
+                json={"username": "root", "password": "a long enough password"},
+            )
+            detail = await client.get(
+                f"/api/v1/admin/requests/{row['id']}",
+                headers={"Authorization": f"Bearer {login.json()['token']}"},
+            )
+    stored = detail.json()["stored_bodies"]
+    assert stored["request_id"] == str(row["id"])
+    assert json.loads(stored["request"]["body"]) == CHAT
+    assert stored["request"]["headers"]["authorization"] == "[REDACTED]"

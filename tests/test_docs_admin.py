@@ -72,6 +72,10 @@ async def test_the_walkthrough(pg: PgAdmin, fake: FakeUpstream, tmp_path: Path) 
     mine, listed = json_lines(printed["self-service"])
     assert mine["majordomo_api_key_id"] == str(gw.key_id)
     assert [p["name"] for p in listed] == ["my laptop"]
+    usage, log = json_lines(printed["usage-and-the-request-log"])
+    assert usage["total"]["requests"] == 1
+    assert usage["groups"][0]["group"] == "gpt-4o-mini"
+    assert [r["raw_metadata"] for r in log["requests"]] == [{"team": "search"}]
     alice, audit = json_lines(printed["users-and-audit"])
     assert alice["role"] == "member"
     assert [e["action"] for e in audit][:1] == ["user.create"]

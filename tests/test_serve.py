@@ -61,6 +61,9 @@ async def test_serve_with_nothing_configured_uses_an_embedded_database(tmp_path:
     kid = key_id(bytes.fromhex(key_file.read_text().strip()))
     messages = gateway.messages()
     assert f"held provider credentials: on, key {kid} kept in {key_file}" in messages
+    jwt_file = tmp_path / ".majordomo" / "jwt.secret"  # the admin API needs no setup either
+    assert stat.S_IMODE(jwt_file.stat().st_mode) == 0o600
+    assert f"admin API: on, signing secret kept in {jwt_file}" in messages
     embedded = [m for m in messages if m.startswith("using embedded PostgreSQL in ")]
     assert embedded == [
         f"using embedded PostgreSQL in {tmp_path / '.majordomo' / 'pgdata'} "

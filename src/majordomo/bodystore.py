@@ -134,6 +134,10 @@ class BodyStore(Protocol):
         """Keep `record`'s bodies; never raises for storage failures (they are counted)."""
         ...
 
+    async def fetch(self, key: str) -> dict[str, Any] | None:
+        """The stored document at `key` (an S3 object key), or None: only S3 stores have one."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections; call after the last `store()` returned."""
         ...
@@ -147,6 +151,9 @@ class NoBodyStore:
 
     async def store(self, record: RequestRecord) -> StoredBodies:
         return StoredBodies()
+
+    async def fetch(self, key: str) -> dict[str, Any] | None:
+        return None
 
     async def aclose(self) -> None:
         pass
@@ -180,6 +187,9 @@ class PostgresBodyStore:
             ),
         )
 
+    async def fetch(self, key: str) -> dict[str, Any] | None:
+        return None  # the bodies are in the row's columns
+
     async def aclose(self) -> None:
         pass
 
@@ -197,6 +207,10 @@ def body_text(data: bytes, limit: int, already_cut: bool = False) -> str:
     else:
         text, _ = truncate_utf8(data, limit)
     return scrub_text(text)
+
+
+# Largest stored document the admin API reads back from S3 (decompressed).
+MAX_FETCHED = 64 * 1024**2
 
 
 class S3BodyStore:
@@ -328,6 +342,25 @@ class S3BodyStore:
             return {"body": data.decode("utf-8"), "body_encoding": "utf-8"}, cut
         except UnicodeDecodeError:
             return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}, cut
+
+    async def fetch(self, key: str) -> dict[str, Any] | None:
+        """The document stored at `key` (for the admin API's request detail), or None when it
+        cannot be read; at most `MAX_FETCHED` bytes once decompressed."""
+
+        def get() -> dict[str, Any] | None:
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                with gzip.GzipFile(fileobj=body) as data:
+                    text = data.read(MAX_FETCHED + 1)
+                if len(text) > MAX_FETCHED:
+                    return None
+                document: dict[str, Any] = json.loads(text)
+                return document
+            except Exception as exc:  # boto3, botocore, gzip, JSON: the detail says "not read"
+                log.warning("could not read s3://%s/%s: %s", self.bucket, key, exc)
+                return None
+
+        return await trio.to_thread.run_sync(get, limiter=self.upload_threads)
 
     def _put(self, key: str, payload: bytes) -> None:
         self.client.put_object(

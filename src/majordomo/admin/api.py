@@ -10,11 +10,14 @@ change is recorded in `admin_audit` (who, what, when, from where).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,6 +30,7 @@ from majordomo.auth import generate_key, hash_key
 from majordomo.credentials import generate_proxy_key, hash_proxy_key
 from majordomo.db import ApiKey, ProxyKey, User
 from majordomo.db.credentials import API_KEY, PROXY_KEY, Owner
+from majordomo.db.reports import LogFilter
 from majordomo.db.users import ROLES, check_username
 from majordomo.errors import DatabaseUnavailable, MajordomoError, Unauthorized
 from majordomo.passwords import check_strength, hash_password, needs_rehash, verify_password
@@ -517,8 +521,6 @@ def _int_arg(call: Call, name: str, default: int, low: int, high: int) -> int:
 async def usage(call: Call) -> tuple[Any, int]:
     """The same report as `majordomo usage --json` (the same query and JSON), for the caller's
     own requests unless an admin."""
-    from datetime import UTC, datetime
-
     from majordomo.cli.usage import load_report, parse_grouping, parse_window, report_json
 
     try:
@@ -539,6 +541,93 @@ async def usage(call: Call) -> tuple[Any, int]:
         call.state.db, since, until, grouping, key_id=key_id, user_id=user_id
     )
     return report_json(report), 200
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Decimal):
+            value = str(value)
+        elif name in ("raw_metadata", "indexed_metadata") and isinstance(value, str):
+            value = json.loads(value)
+        out[name] = value
+    return out
+
+
+def _cursor(row: dict[str, Any]) -> str:
+    text = f"{row['requested_at'].isoformat()}|{row['id']}"
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def _parse_cursor(raw: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        at, _, request_id = text.partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(request_id)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("'before' is not a cursor from this list's next_cursor") from None
+
+
+def _moment_arg(call: Call, name: str) -> datetime | None:
+    raw = call.args.get(name)
+    if not raw:
+        return None
+    from majordomo.cli.usage import parse_moment
+
+    try:
+        return parse_moment(raw, name, datetime.now(UTC), end_of_day=name == "until")
+    except MajordomoError as exc:
+        raise bad_request(str(exc)) from None
+
+
+async def list_requests(call: Call) -> tuple[Any, int]:
+    """The request log, newest first, keyset-paginated (`before` = the last `next_cursor`)."""
+    limit = _int_arg(call, "limit", 50, 1, 500)
+    key_id = (await owned_key(call, call.args["key_id"])).id if call.args.get("key_id") else None
+    user_id: uuid.UUID | None = call.me.id
+    if call.me.is_admin:
+        raw = call.args.get("user_id")
+        user_id = parse_id(raw, "user") if raw else None
+    status = _int_arg(call, "status", 0, 100, 599) if call.args.get("status") else None
+    metadata = {
+        name[len("meta.") :].lower(): value
+        for name, value in call.args.items()
+        if name.startswith("meta.") and len(name) > len("meta.")
+    }
+    filters = LogFilter(
+        key_id=key_id,
+        user_id=user_id,
+        model=call.args.get("model") or None,
+        provider=call.args.get("provider") or None,
+        status=status,
+        since=_moment_arg(call, "since"),
+        until=_moment_arg(call, "until"),
+        metadata=metadata,
+    )
+    before = _parse_cursor(call.args["before"]) if call.args.get("before") else None
+    rows = await call.state.db.reports.request_log(filters, before=before, limit=limit + 1)
+    page = rows[:limit]
+    next_cursor = _cursor(page[-1]) if len(rows) > limit else None
+    return {"requests": [_jsonable(r) for r in page], "next_cursor": next_cursor}, 200
+
+
+async def get_request(call: Call, id: str) -> tuple[Any, int]:
+    """One request with every stored column, and its bodies (from PostgreSQL or S3)."""
+    request_id = parse_id(id, "request")
+    row = await call.state.db.reports.request(request_id)
+    if row is None:
+        raise not_found(f"no request with id {request_id}")
+    if not call.me.is_admin and row["user_id"] != call.me.id:
+        raise ApiError(403, f"request {request_id} belongs to another user", "permission_error")
+    detail = _jsonable(row)
+    # With body_storage s3 the bodies are one object; with postgres, in the row's columns.
+    key = row["body_s3_key"]
+    detail["stored_bodies"] = await call.state.bodies.fetch(key) if key else None
+    return detail, 200
 
 
 async def list_metadata_keys(call: Call, id: str) -> tuple[Any, int]:
@@ -598,6 +687,8 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", f"{PK}/providers/{{provider}}", "user", "Hold a credential for a proxy key", admin_set_provider, ("api_key",)),
     Route("DELETE", f"{PK}/providers/{{provider}}", "user", "Remove a proxy key's credential", admin_remove_provider),
     Route("GET", f"{ADMIN}/usage", "user", "Spend and tokens (?since=&until=&by=&key_id=&user_id=), as majordomo usage --json", usage),
+    Route("GET", f"{ADMIN}/requests", "user", "The request log, newest first (?before=&limit=&key_id=&model=&provider=&status=&since=&until=&meta.NAME=)", list_requests),
+    Route("GET", f"{ADMIN}/requests/{{id}}", "user", "One request, with its stored bodies", get_request),
     Route("GET", f"{ADMIN}/users", "admin", "Every user", list_users),
     Route("POST", f"{ADMIN}/users", "admin", "Create a user", create_user, ("username", "password", "role")),
     Route("PUT", f"{ADMIN}/users/{{id}}", "admin", "Change a user's role, state or password", update_user, ("role", "is_active", "password")),

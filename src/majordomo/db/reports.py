@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from majordomo.db import Database
+
+
+# What the request log lists per row (the detail adds the bodies and the rest).
+LOG_COLUMNS = (
+    "id, requested_at, responded_at, majordomo_api_key_id, proxy_key_id, user_id, provider, "
+    "model, request_path, request_method, status_code, input_tokens, output_tokens, "
+    "cached_tokens, cache_creation_tokens, reasoning_tokens, input_cost, output_cost, "
+    "total_cost, response_time_ms, time_to_first_byte_ms, streamed, error_message, "
+    "usage_error, raw_metadata"
+)
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """The request log's filters; None (or empty) means any."""
+
+    key_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    model: str | None = None
+    provider: str | None = None
+    status: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class ReportQueries:
@@ -89,3 +115,74 @@ class ReportQueries:
             user_id,
         )
         return [dict(row.items()) for row in rows]
+
+    async def request_log(
+        self,
+        filters: LogFilter,
+        *,
+        before: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """One page of the request log, newest first, after the keyset cursor `before`.
+
+        Only the filters given go into the WHERE clause (each a parameter), so the planner
+        picks the index that serves them: `(majordomo_api_key_id, requested_at)` for a key,
+        `(user_id, requested_at DESC)` for a member's own requests, else `requested_at` read
+        backwards (model, provider, status, since/until and metadata filter that scan). A
+        metadata filter on a key whose metadata key is activated uses `indexed_metadata`'s GIN
+        index instead.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if before is not None:
+            where.append(f"(requested_at, id) < ({arg(before[0])}, {arg(before[1])})")
+        for column, value in (
+            ("majordomo_api_key_id", filters.key_id),
+            ("user_id", filters.user_id),
+            ("model", filters.model),
+            ("provider", filters.provider),
+            ("status_code", filters.status),
+        ):
+            if value is not None:
+                where.append(f"{column} = {arg(value)}")
+        if filters.since is not None:
+            where.append(f"requested_at >= {arg(filters.since)}")
+        if filters.until is not None:
+            where.append(f"requested_at < {arg(filters.until)}")
+        if filters.metadata:
+            column = "raw_metadata"
+            if filters.key_id is not None and await self._all_active(
+                filters.key_id, list(filters.metadata)
+            ):
+                column = "indexed_metadata"
+            where.append(f"{column} @> {arg(json.dumps(filters.metadata))}::jsonb")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._db.fetch(
+            f"SELECT {LOG_COLUMNS} FROM llm_requests {clause} "
+            f"ORDER BY requested_at DESC, id DESC LIMIT {arg(limit)}",
+            *args,
+        )
+        return [dict(row.items()) for row in rows]
+
+    async def _all_active(self, key_id: uuid.UUID, names: list[str]) -> bool:
+        active = await self._db.fetchval(
+            "SELECT count(*) FROM llm_requests_metadata_keys "
+            "WHERE majordomo_api_key_id = $1 AND key_name = ANY($2::text[]) AND is_active",
+            key_id,
+            names,
+        )
+        return int(active) == len(names)
+
+    async def request(self, request_id: uuid.UUID) -> dict[str, Any] | None:
+        """Every stored column of one request (bodies included), or None."""
+        row = await self._db.fetchrow(
+            f"SELECT {LOG_COLUMNS}, indexed_metadata, request_body, response_body, body_s3_key, "
+            "model_alias_found, provider_api_key_alias FROM llm_requests WHERE id = $1",
+            request_id,
+        )
+        return dict(row.items()) if row is not None else None
