@@ -319,8 +319,8 @@ def check_spend_by_key(rows: list[Any], seeded: Seeded) -> None:
 
 
 def check_spend_by_user(rows: list[Any], seeded: Seeded) -> None:
-    assert USER_ID in column(rows, "user_id")
-    assert None in column(rows, "user_id")  # the two calls sent without the header
+    assert USER_ID in column(rows, "app_user")
+    assert None in column(rows, "app_user")  # the two calls sent without the header
 
 
 def check_one_user_indexed(rows: list[Any], seeded: Seeded) -> None:

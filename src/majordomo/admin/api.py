@@ -11,7 +11,9 @@ change is recorded in `admin_audit` (who, what, when, from where).
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +41,8 @@ from majordomo.vault import CREDENTIALS_OFF, hint
 
 if TYPE_CHECKING:
     from majordomo.server import GatewayState
+
+log = logging.getLogger("majordomo.admin")
 
 PREFIX = "/api/v1"
 # Largest JSON body an admin route reads; larger ones get 413.
@@ -187,7 +191,7 @@ async def login(call: Call) -> tuple[Any, int]:
             429, f"too many failed logins; try again in {wait} s", "rate_limit_error"
         ).with_retry_after(wait)
     found = await call.state.db.users.credentials(username)
-    stored = found[1] if found else _DUMMY_HASH  # the same work whether or not the user exists
+    stored = found[1] if found else _dummy_hash()  # the same work whether or not one exists
     matches = await trio.to_thread.run_sync(verify_password, stored, password)
     if found is None or not matches or not found[0].is_active:
         throttle.failed(username, call.address)
@@ -204,7 +208,9 @@ async def login(call: Call) -> tuple[Any, int]:
     return {"token": token, "user": (await call.state.db.users.get(user.id)).as_json()}, 200
 
 
-_DUMMY_HASH = hash_password("not a password anyone has: only spends the time of a check")
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password("not a password anyone has: only spends the time of a check")
 
 
 def tokens(call: Call) -> Tokens:
@@ -774,6 +780,13 @@ def add_routes(app: QuartTrio, state: GatewayState) -> None:
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return await http_error(exc)
+        log.exception("%s %s failed", request.method, request.path)  # a bug of ours
+        return error_response(500, "the gateway failed to answer; see its log", "api_error")
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
