@@ -1,5 +1,5 @@
 """The HTTP surface: an ASGI app that sends proxied paths to `proxy.handle_proxy` and the
-gateway's own endpoints (`/health`, `/readyz`, `/metrics`, the admin API under `/api/`) to a
+gateway's own endpoints (`/health`, `/readyz`, `/metrics`, the admin API under `/api/v1/`) to a
 Quart-Trio app.
 
 The proxy skips the web framework on purpose: it needs the raw ASGI receive channel (to see a
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
 # Readiness answers 503 when the database has not answered a ping within this many seconds.
 READINESS_DB_TIMEOUT = 2.0
-# Served by the Quart app (with everything under /api/); every other path is proxied.
+# Served by the Quart app (with everything under /api/v1/); every other path is proxied.
 OWN_PATHS = frozenset({"/health", "/readyz", "/metrics"})
-OWN_PREFIX = "/api/"
+OWN_PREFIX = "/api/v1/"  # the admin API; /api/chat and the like (Ollama) stay proxied
 
 
 def create_admin_app(state: GatewayState) -> QuartTrio:
