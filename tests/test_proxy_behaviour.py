@@ -82,7 +82,7 @@ async def test_provider_header_overrides_and_rejects_unknown_names(
     )
     assert bad.status_code == 400
     assert error_of(bad) == (
-        "X-Majordomo-Provider 'azure' is not a provider; use one of openai, anthropic, gemini"
+        "X-Majordomo-Provider 'azure' is not a provider; use one of openai, anthropic, gemini, gemini-openai"
     )
     forced = await client.post(
         "/v1/messages",

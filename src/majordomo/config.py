@@ -367,6 +367,66 @@ def _upstream_section(module: ProviderModule) -> type[UpstreamSettings]:
 
 
 @dataclass(frozen=True)
+class ExtraProvider:
+    """`providers.extra.<name>`: an OpenAI-compatible provider added by configuration."""
+
+    name: str
+    base_url: str
+    api_key: str = ""
+    pricing_provider: str = ""  # genai-prices' id to price it as; empty: its own name
+
+
+_EXTRA_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_EXTRA_FIELDS = {"base_url", "api_key", "pricing_provider"}
+
+
+def extra_providers(raw: Any) -> Mapping[str, ExtraProvider]:
+    """`{name: {base_url, api_key?, pricing_provider?}}`, or the same as a JSON object."""
+    import json
+
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ValueError(
+                'expected a JSON object such as {"groq": {"base_url": "https://api.groq.com/openai"}}'
+            ) from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(
+            "expected a mapping of provider name to {base_url, api_key, pricing_provider}"
+        )
+    from majordomo.providers import ALIASES, PROVIDER_NAMES
+
+    found: dict[str, ExtraProvider] = {}
+    for name, fields in raw.items():
+        key = str(name).strip().lower()
+        if not _EXTRA_NAME.fullmatch(key):
+            raise ValueError(
+                f"expected provider names of a-z, 0-9, - and _, got {str(name)[:40]!r}"
+            )
+        if key in PROVIDER_NAMES or key in ALIASES:
+            raise ValueError(f"{key!r} is a built-in provider; choose another name")
+        if not isinstance(fields, Mapping) or "base_url" not in fields:
+            raise ValueError(
+                f"expected {key}: {{base_url: ..., api_key: ..., pricing_provider: ...}}"
+            )
+        unknown = set(fields) - _EXTRA_FIELDS
+        if unknown:
+            raise ValueError(
+                f"{key}: unknown field {sorted(unknown)[0]!r}; fields are {', '.join(sorted(_EXTRA_FIELDS))}"
+            )
+        found[key] = ExtraProvider(
+            key,
+            url(fields["base_url"]),
+            parse_str(fields.get("api_key")).strip(),
+            parse_str(fields.get("pricing_provider")).strip().lower(),
+        )
+    return found
+
+
+@dataclass(frozen=True)
 class _ProvidersCommon:
     connect_timeout: float = _setting(
         10.0, parse_duration, "longest wait to connect to a provider (then 504)"
@@ -390,11 +450,37 @@ class _ProvidersCommon:
         parse_bool,
         "ask OpenAI streams for their usage chunk (hidden from clients that did not ask)",
     )
+    # A mapping: {name: {base_url, api_key, pricing_provider}}; in the environment, JSON.
+    extra: Mapping[str, ExtraProvider] = field(
+        default_factory=dict,
+        metadata={
+            "parse": extra_providers,
+            "doc": "OpenAI-compatible providers added by name (docs/providers.md)",
+            "mapping": True,
+            "secret": True,
+        },
+    )
 
     def upstream(self, name: str) -> UpstreamSettings:
         """The section of provider `name` (one of `providers.PROVIDER_NAMES`)."""
         section: UpstreamSettings = getattr(self, name)
         return section
+
+    def base_urls(self) -> dict[str, str]:
+        """Every provider's base URL: the built-in ones and `providers.extra`."""
+        from majordomo.providers import PROVIDER_NAMES
+
+        urls = {name: self.upstream(name).base_url for name in PROVIDER_NAMES}
+        urls.update({name: extra.base_url for name, extra in self.extra.items()})
+        return urls
+
+    def default_credentials(self) -> dict[str, str]:
+        """`providers.<name>.api_key` of every provider that has one."""
+        from majordomo.providers import PROVIDER_NAMES
+
+        keys = {name: self.upstream(name).api_key for name in PROVIDER_NAMES}
+        keys.update({name: extra.api_key for name, extra in self.extra.items()})
+        return {name: key for name, key in keys.items() if key}
 
 
 if TYPE_CHECKING:

@@ -42,7 +42,6 @@ from majordomo.errors import MajordomoError
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook, refresh_prices
-from majordomo.providers import PROVIDER_NAMES
 from majordomo.proxy import new_http_client
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
@@ -245,15 +244,13 @@ async def _run(
                 find_proxy_key=db.credentials.find_proxy_key,
                 find_key_credential=db.credentials.find_key_credential,
                 vault=vault,
-                defaults={
-                    name: settings.providers.upstream(name).api_key for name in PROVIDER_NAMES
-                },
+                defaults=settings.providers.default_credentials(),
                 ttl=settings.auth.cache_ttl,
                 negative_ttl=settings.auth.negative_cache_ttl,
             )
             spool = Spool(Path(settings.logging.spool_dir))
             bodies = open_body_store(settings)
-            prices = PriceBook(settings.pricing.overrides)
+            prices = PriceBook.for_settings(settings)
             metrics = Metrics(
                 queue_depth=lambda: receive.statistics().current_buffer_used,
                 body_uploads_failed=lambda: bodies.failed_uploads,

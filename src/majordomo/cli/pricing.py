@@ -188,7 +188,7 @@ def parse_when(raw: str, option: str) -> datetime:
 
 def build_price_book(settings: Settings, *, fetch: bool) -> PriceBook:
     """A price book with the configured overrides and, with `fetch`, the remote table."""
-    book = PriceBook(settings.pricing.overrides)
+    book = PriceBook.for_settings(settings)
     if fetch:
         url = settings.pricing.remote_url
         if not url:

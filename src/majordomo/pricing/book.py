@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from genai_prices import types as gp
     from genai_prices.data_snapshot import DataSnapshot
 
+    from majordomo.config import Settings
+
 log = logging.getLogger("majordomo.pricing")
 
 # Our provider names → genai-prices provider ids and llm-prices vendors, as each provider
@@ -200,7 +202,12 @@ class PriceBook:
     pure and cached, and `replace_remote` swaps in a new remote table atomically.
     """
 
-    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[str, ModelPrice] | None = None,
+        *,
+        priced_as: Mapping[str, str] | None = None,
+    ) -> None:
         ensure_bytecode("genai_prices.data")
         from genai_prices import Usage as GenaiUsage
         from genai_prices import __version__ as genai_version
@@ -220,6 +227,18 @@ class PriceBook:
         self._override_names = {_normalise_override_key(k): k for k in self._overrides}
         self._state = _State(None, None, {}, {}, {})
         self._broken: set[tuple[str, str]] = set()
+        # Providers added by configuration that are priced as another (providers.extra).
+        self._priced_as = dict(priced_as or {})
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> PriceBook:
+        """The book these settings call for: the overrides, and what `providers.extra`
+        providers are priced as."""
+        extras = settings.providers.extra
+        return cls(
+            settings.pricing.overrides,
+            priced_as={n: e.pricing_provider for n, e in extras.items() if e.pricing_provider},
+        )
 
     # -- the remote table -----------------------------------------------------------------
 
@@ -264,6 +283,7 @@ class PriceBook:
 
     def cost(self, provider: str, model: str, usage: Usage, at: datetime) -> Cost:
         """What a call cost: pure, cached per (provider, model), never raises."""
+        provider = self._priced_as.get(provider, provider)
         lookup = self._lookup(self._state, provider, model)
         if not lookup.found:
             return NO_COST

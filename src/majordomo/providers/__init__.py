@@ -31,14 +31,17 @@ whichever provider serves it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from majordomo.providers import anthropic, gemini, openai
 from majordomo.providers.common import ProviderModule, RequestInfo, StreamParserLike
 
 __all__ = [
+    "ALIASES",
     "MODULES",
     "PROVIDER_NAMES",
+    "Alias",
     "ProviderModule",
     "RequestInfo",
     "StreamParserLike",
@@ -53,6 +56,28 @@ MODULES: tuple[ProviderModule, ...] = (openai, anthropic, gemini)
 
 PROVIDER_NAMES = tuple(module.NAME for module in MODULES)
 _MODULES: dict[str, ProviderModule] = {module.NAME: module for module in MODULES}
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A name `X-Majordomo-Provider` takes for another provider's API in another wire format
+    (the Go gateway's names): who serves and bills it, how it is read, and where its API
+    lives upstream. The client keeps its SDK's usual paths (`/v1/chat/completions`)."""
+
+    provider: str
+    wire_format: str
+    prefix: bytes  # the upstream API's root, in place of the client's /v1/
+
+    def upstream_path(self, raw_path: bytes) -> bytes:
+        """`/v1/chat/completions` → `<prefix>chat/completions`; a path already under the
+        prefix goes as it came."""
+        if raw_path.startswith(self.prefix) or not raw_path.startswith(b"/v1/"):
+            return raw_path
+        return self.prefix + raw_path[len(b"/v1/") :]
+
+
+# gemini-openai: Gemini's OpenAI-compatible endpoint, read as OpenAI's, billed by Google.
+ALIASES: dict[str, Alias] = {"gemini-openai": Alias("gemini", "openai", b"/v1beta/openai/")}
 
 _GEMINI_ONLY_PREFIXES = ("/v1beta/", "/v1alpha/")
 # Headers only Anthropic's clients send.

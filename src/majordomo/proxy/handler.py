@@ -146,6 +146,9 @@ class ProxyRequest:
         # Until detection says otherwise, refusals speak OpenAI's error shape.
         self.module: ProviderModule = providers.get_provider("openai")
         self.provider = "openai"
+        # Where the upstream path differs from the client's: an alias (gemini-openai) or a
+        # `providers.extra` provider chosen by its path prefix (/groq/v1/... → /v1/...).
+        self.rewrite_path: Callable[[bytes], bytes] | None = None
         # Set while forwarding; read by the writes and the disconnect watcher.
         self.client_gone = False
         self.response_started = False
@@ -200,23 +203,39 @@ class ProxyRequest:
         """Choose the provider (and its wire format); return its upstream."""
         # An explicit provider is read first: even a refusal below speaks its error shape.
         override = header(self.headers, PROVIDER_HEADER)
+        extras = self.ctx.settings.providers.extra
         if override is not None:
             name = override.decode("latin-1").strip().lower()
-            if name not in PROVIDER_NAMES:
+            alias = providers.ALIASES.get(name)
+            if alias is not None:
+                self.provider = alias.provider
+                self.module = providers.get_provider(alias.wire_format)
+                self.rewrite_path = alias.upstream_path
+            elif name in extras:
+                self._use_extra(name)
+            elif name in PROVIDER_NAMES:
+                self._use(name)
+            else:
                 raise _Reply(
                     400,
                     f"X-Majordomo-Provider {name!r} is not a provider; use one of "
-                    f"{', '.join(PROVIDER_NAMES)}",
+                    f"{', '.join((*PROVIDER_NAMES, *providers.ALIASES, *extras))}",
                 )
-            self._use(name)
         refused = check_target(self.method, self._raw_path())
         if refused is not None:
             raise _Reply(400, refused)
         if override is None:
-            detected = providers.detect_provider(self.path, self.headers, self.query)
-            if detected is None:
-                raise _Reply(404, _not_served(self.path))
-            self._use(detected)
+            prefix = self.path.split("/", 2)[1] if self.path.count("/") >= 2 else ""
+            if prefix in extras and self._raw_path().startswith(f"/{prefix}/".encode()):
+                # /<name>/v1/...: a provider from providers.extra, its prefix not sent on
+                self._use_extra(prefix)
+                cut = len(prefix) + 1
+                self.rewrite_path = lambda raw: raw[cut:]
+            else:
+                detected = providers.detect_provider(self.path, self.headers, self.query)
+                if detected is None:
+                    raise _Reply(404, _not_served(self.path))
+                self._use(detected)
         return self.ctx.upstreams.by_provider[self.provider]
 
     def _raw_path(self) -> bytes:
@@ -226,6 +245,11 @@ class ProxyRequest:
     def _use(self, provider: str) -> None:
         self.provider = provider
         self.module = providers.get_provider(providers.wire_format(self.path, provider))
+
+    def _use_extra(self, name: str) -> None:
+        """A provider from `providers.extra`: OpenAI's wire format, billed under its name."""
+        self.provider = name
+        self.module = providers.get_provider("openai")
 
     async def _authenticate(self) -> _Auth:
         """Check the Majordomo key (in `X-Majordomo-Key`, or where the SDK puts its api_key)
@@ -279,6 +303,8 @@ class ProxyRequest:
             headers = with_credential(headers, *auth.credential)
             query = without_key_param(query)
         raw_path = self._raw_path()
+        if self.rewrite_path is not None:
+            raw_path = self.rewrite_path(raw_path)
         leak = our_key_in(headers, query, raw_path)
         if leak is not None:
             raise _Reply(

@@ -10,7 +10,6 @@ from urllib.parse import unquote_to_bytes
 import httpx
 
 from majordomo.config import Settings
-from majordomo.providers import PROVIDER_NAMES
 
 # Longest piece of a refused request target quoted back in the error message.
 _MAX_QUOTED_TARGET = 80
@@ -49,12 +48,9 @@ class Upstreams:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Upstreams:
-        return cls(
-            {
-                name: Upstream.parse(settings.providers.upstream(name).base_url)
-                for name in PROVIDER_NAMES
-            }
-        )
+        """The built-in providers' and `providers.extra`'s."""
+        urls = settings.providers.base_urls()
+        return cls({name: Upstream.parse(base_url) for name, base_url in urls.items()})
 
 
 def check_target(method: str, raw_path: bytes) -> str | None:
