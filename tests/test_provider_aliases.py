@@ -5,7 +5,9 @@ OpenAI-compatible providers added by configuration (`providers.extra`)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -187,3 +189,44 @@ def test_the_docs_configuration_example_loads() -> None:
     assert sorted(extra) == ["deepseek", "groq", "vllm"]
     assert extra["vllm"].pricing_provider == "openai"
     assert extra["groq"].base_url == "https://api.groq.com/openai"
+
+
+async def test_an_extra_provider_takes_held_credentials_set_by_the_cli(
+    pg: PgAdmin, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    from tests.cli import majordomo
+    from tests.credentials import create_proxy_key
+    from tests.harness import TEST_ENCRYPTION_KEY
+
+    extra = {"acme": {"base_url": fake.base_url}}
+    async with (
+        running_gateway(pg, fake.base_url, settings={"providers": {"extra": extra}}) as gw,
+        httpx.AsyncClient(base_url=gw.url) as client,
+    ):
+        proxy_key, proxy_key_id = await create_proxy_key(pg, gw.key_id)
+        env = {
+            **pg.env,
+            "MAJORDOMO_SECRETS_ENCRYPTION_KEY": TEST_ENCRYPTION_KEY,
+            "MAJORDOMO_PROVIDERS_EXTRA": json.dumps(extra),
+        }
+        held = await trio.to_thread.run_sync(
+            lambda: majordomo(
+                "proxy-keys",
+                "set-provider",
+                str(proxy_key_id),
+                "--provider",
+                "acme",
+                "--api-key",
+                "acme-held-credential-0002",
+                env=env,
+                cwd=tmp_path,
+            )
+        )
+        assert held.code == 0, held.err
+        response = await client.post(
+            "/acme/v1/chat/completions",
+            headers={"X-Majordomo-Key": gw.key, "Authorization": f"Bearer {proxy_key}"},
+            json={"model": "acme-large", "messages": MESSAGES},
+        )
+        assert response.status_code == 200, response.text
+    assert fake.calls[0].header("authorization") == "Bearer acme-held-credential-0002"

@@ -146,9 +146,11 @@ def parse_id(raw: str, what: str) -> uuid.UUID:
         raise bad_request(f"{raw[:80]!r} is not a {what} id (a UUID)") from None
 
 
-def parse_provider(raw: str) -> str:
-    if raw not in PROVIDER_NAMES:
-        raise bad_request(f"{raw[:40]!r} is not a provider; use one of {', '.join(PROVIDER_NAMES)}")
+def parse_provider(call: Call, raw: str) -> str:
+    """A built-in provider's name, or one of `providers.extra`."""
+    known = (*PROVIDER_NAMES, *call.state.settings.providers.extra)
+    if raw not in known:
+        raise bad_request(f"{raw[:40]!r} is not a provider; use one of {', '.join(known)}")
     return raw
 
 
@@ -334,7 +336,7 @@ async def _list_providers(call: Call, owner: Owner, owner_id: uuid.UUID) -> tupl
 async def _set_provider(
     call: Call, owner: Owner, owner_id: uuid.UUID, provider: str
 ) -> tuple[Any, int]:
-    name = parse_provider(provider)
+    name = parse_provider(call, provider)
     secret = text(call.body, "api_key", required=True, limit=4096) or ""
     if not all(33 <= ord(c) <= 126 for c in secret) or secret.startswith(("mdm_sk_", "mdm_pk_")):
         raise bad_request("'api_key' must be the provider's own API key (printable, no spaces)")
@@ -352,7 +354,7 @@ async def _set_provider(
 async def _remove_provider(
     call: Call, owner: Owner, owner_id: uuid.UUID, provider: str
 ) -> tuple[Any, int]:
-    name = parse_provider(provider)
+    name = parse_provider(call, provider)
     try:
         await call.state.db.credentials.remove_credential(owner, owner_id, name)
     except MajordomoError as exc:

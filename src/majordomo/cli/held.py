@@ -7,7 +7,7 @@ reads their annotations, which name that function's locals.)"""
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated
 
 import cyclopts
@@ -20,7 +20,10 @@ from majordomo.providers import PROVIDER_NAMES
 from majordomo.vault import CREDENTIALS_OFF, hint, open_vault
 
 ProviderOption = Annotated[
-    str, cyclopts.Parameter(help=f"The provider: {', '.join(PROVIDER_NAMES)}.")
+    str,
+    cyclopts.Parameter(
+        help=f"The provider: {', '.join(PROVIDER_NAMES)}, or a providers.extra name."
+    ),
 ]
 ApiKeyOption = Annotated[
     str | None,
@@ -36,12 +39,12 @@ ApiKeyEnvOption = Annotated[
 ]
 
 
-def parse_provider(raw: str) -> str:
+def parse_provider(raw: str, extras: Iterable[str] = ()) -> str:
+    """A built-in provider's name, or one of `providers.extra`."""
     name = raw.strip().lower()
-    if name not in PROVIDER_NAMES:
-        raise MajordomoError(
-            f"--provider {raw!r} is not a provider; use one of {', '.join(PROVIDER_NAMES)}"
-        )
+    known = (*PROVIDER_NAMES, *extras)
+    if name not in known:
+        raise MajordomoError(f"--provider {raw!r} is not a provider; use one of {', '.join(known)}")
     return name
 
 
@@ -110,9 +113,9 @@ def add_held_credential_commands(
     ) -> None:
         """Hold a provider credential (sealed at rest); every gateway uses it at once."""
         parsed = parse_id(owner_id)
-        name = parse_provider(provider)
         secret = read_secret(api_key, api_key_env)
         ctx = prepare(config, log_level="warning")
+        name = parse_provider(provider, ctx.settings.providers.extra)
         vault, _ = open_vault(ctx.settings)
         if vault is None:
             raise MajordomoError(f"cannot hold a credential: {CREDENTIALS_OFF}")
@@ -140,8 +143,8 @@ def add_held_credential_commands(
     ) -> None:
         """Forget a held provider credential; every gateway stops using it at once."""
         parsed = parse_id(owner_id)
-        name = parse_provider(provider)
         ctx = prepare(config, log_level="warning")
+        name = parse_provider(provider, ctx.settings.providers.extra)
 
         async def action(db: Database) -> None:
             await db.credentials.remove_credential(owner, parsed, name)
