@@ -16,7 +16,9 @@ from majordomo.spool import encode, record_from_json, record_to_json
 from tests.pghelpers import PgAdmin
 
 # Columns the database fills itself.
-FILLED_BY_THE_DATABASE = {"indexed_metadata", "created_at"}
+# Filled by the batch statement itself: indexed_metadata from the active metadata keys,
+# user_id from the key's owner; created_at by its default.
+FILLED_BY_THE_DATABASE = {"indexed_metadata", "created_at", "user_id"}
 
 
 def full_record() -> RequestRecord:
