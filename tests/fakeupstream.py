@@ -88,6 +88,10 @@ _GEMINI_PATH = re.compile(
     r":(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)"
 )
 
+# Azure OpenAI: a deployment's chat completions, answered by the model it runs.
+_AZURE_DEPLOYMENT_CHAT = re.compile(r"/openai/deployments/([^/]+)/chat/completions")
+AZURE_DEPLOYMENT_MODEL = "gpt-4o-mini-2024-07-18"
+
 _OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
     400: ("invalid_request_error", None),
     401: ("invalid_request_error", "invalid_api_key"),
@@ -477,6 +481,8 @@ def _route(method: str, path: str) -> tuple[str, _Builder] | None:
             return family, builder
         if _GEMINI_PATH.fullmatch(path):
             return "gemini", _gemini
+        if _AZURE_DEPLOYMENT_CHAT.fullmatch(path):
+            return "openai", _azure_deployment_chat
     if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
         return "openai", _models
     return None
@@ -1115,10 +1121,21 @@ def _gemini(call: Call, payload: Json, controls: _Controls) -> Reply:
 
 _Builder = Callable[[Call, Any, _Controls], Reply]
 
+
+def _azure_deployment_chat(call: Call, payload: Json, controls: _Controls) -> Reply:
+    """A deployment's chat completions: the body names no model (the deployment does, in
+    the path); the answer names the model the deployment runs, as Azure's do."""
+    if "api-version" not in call.query:
+        raise _BadRequest("Missing required query parameter: api-version")
+    return _openai_chat(call, {**payload, "model": AZURE_DEPLOYMENT_MODEL}, controls)
+
+
 _POST_ROUTES: dict[str, _Builder] = {
     "/v1/chat/completions": _openai_chat,
     # Gemini's OpenAI-compatible API speaks OpenAI's wire format.
     "/v1beta/openai/chat/completions": _openai_chat,
+    # Azure OpenAI's v1 API (the model in the body, as OpenAI's).
+    "/openai/v1/chat/completions": _openai_chat,
     "/v1/completions": _openai_completions,
     "/v1/embeddings": _openai_embeddings,
     "/v1/responses": _openai_responses,

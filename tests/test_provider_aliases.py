@@ -230,3 +230,75 @@ async def test_an_extra_provider_takes_held_credentials_set_by_the_cli(
         )
         assert response.status_code == 200, response.text
     assert fake.calls[0].header("authorization") == "Bearer acme-held-credential-0002"
+
+
+# -- Azure OpenAI ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_azure_openai_through_the_sdks_azure_client(
+    pg: PgAdmin, fake: FakeUpstream, stream: bool
+) -> None:
+    from tests.fakeupstream import AZURE_DEPLOYMENT_MODEL
+
+    settings = {"providers": {"azure": {"base_url": fake.base_url}}}
+    async with running_gateway(pg, fake.base_url, settings=settings) as gw:
+
+        def run() -> str:
+            with openai.AzureOpenAI(
+                azure_endpoint=gw.url,
+                api_key="azure-resource-key",
+                api_version="2024-10-21",
+                max_retries=0,
+                default_headers={"X-Majordomo-Key": gw.key},
+            ) as client:
+                if not stream:
+                    reply = client.chat.completions.create(model="prod-chat", messages=MESSAGES)
+                    return reply.choices[0].message.content or ""
+                chunks = client.chat.completions.create(
+                    model="prod-chat", messages=MESSAGES, stream=True
+                )
+                return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        text = await in_thread(run)
+        (call,) = fake.calls
+        assert call.path == "/openai/deployments/prod-chat/chat/completions"
+        assert call.query == "api-version=2024-10-21"
+        assert call.header("api-key") == "azure-resource-key"
+        assert text == call.text
+        (row,) = await gw.rows(1)
+    assert (row["provider"], row["model"]) == ("azure", AZURE_DEPLOYMENT_MODEL)
+    assert call.usage is not None
+    assert row["input_tokens"] == call.usage.input_tokens
+    assert row["model_alias_found"] is True  # priced by the underlying OpenAI model
+    assert row["total_cost"] > 0
+    assert row["provider_api_key_hash"] is not None
+
+
+async def test_azure_held_credential_goes_in_api_key_and_unconfigured_azure_is_a_404(
+    pg: PgAdmin, fake: FakeUpstream
+) -> None:
+    from tests.credentials import API_KEY, hold
+
+    chat = {"messages": MESSAGES}
+    path = "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21"
+    async with (
+        running_gateway(
+            pg, fake.base_url, settings={"providers": {"azure": {"base_url": ""}}}
+        ) as gw,
+        httpx.AsyncClient(base_url=gw.url) as client,
+    ):
+        missing = await client.post(path, headers={"X-Majordomo-Key": gw.key}, json=chat)
+        assert missing.status_code == 404
+        assert "providers.azure.base_url" in missing.json()["error"]["message"]
+    assert fake.calls == []
+    settings = {"providers": {"azure": {"base_url": fake.base_url}}}
+    async with (
+        running_gateway(pg, fake.base_url, settings=settings) as gw,
+        httpx.AsyncClient(base_url=gw.url) as client,
+    ):
+        await hold(pg, API_KEY, gw.key_id, "azure", "azure-held-key-0003")
+        ok = await client.post(path, headers={"api-key": gw.key}, json=chat)
+        assert ok.status_code == 200, ok.text
+    assert fake.calls[0].header("api-key") == "azure-held-key-0003"
+    assert fake.calls[0].header("authorization") is None

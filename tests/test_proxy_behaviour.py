@@ -78,11 +78,11 @@ async def test_provider_header_overrides_and_rejects_unknown_names(
     client: httpx.AsyncClient, fake: FakeUpstream, gateway: Gateway
 ) -> None:
     bad = await client.post(
-        "/v1/chat/completions", json=CHAT, headers={"X-Majordomo-Provider": "azure"}
+        "/v1/chat/completions", json=CHAT, headers={"X-Majordomo-Provider": "mistral"}
     )
     assert bad.status_code == 400
     assert error_of(bad) == (
-        "X-Majordomo-Provider 'azure' is not a provider; use one of openai, anthropic, gemini, gemini-openai"
+        "X-Majordomo-Provider 'mistral' is not a provider; use one of openai, anthropic, gemini, azure, gemini-openai"
     )
     forced = await client.post(
         "/v1/messages",

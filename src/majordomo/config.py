@@ -166,6 +166,11 @@ def url(raw: Any) -> str:
     return value
 
 
+def optional_url(raw: Any) -> str:
+    """`url`, or empty for none (a provider without a default endpoint, such as Azure)."""
+    return url(raw) if parse_str(raw).strip() else ""
+
+
 def _setting(default: Any, parse: Callable[[Any], Any], doc: str, *, secret: bool = False) -> Any:
     """A setting. A `secret` one's value is never repeated in an error message."""
     return field(default=default, metadata={"parse": parse, "doc": doc, "secret": secret})
@@ -358,7 +363,11 @@ def _upstream_section(module: ProviderModule) -> type[UpstreamSettings]:
     return make_dataclass(
         f"{module.NAME.title()}Settings",
         [
-            ("base_url", str, _setting(module.BASE_URL, url, doc)),
+            (
+                "base_url",
+                str,
+                _setting(module.BASE_URL, optional_url if not module.BASE_URL else url, doc),
+            ),
             ("api_key", str, _setting("", parse_str, key_doc, secret=True)),
         ],
         bases=(UpstreamSettings,),
@@ -472,7 +481,7 @@ class _ProvidersCommon:
 
         urls = {name: self.upstream(name).base_url for name in PROVIDER_NAMES}
         urls.update({name: extra.base_url for name, extra in self.extra.items()})
-        return urls
+        return {name: url for name, url in urls.items() if url}  # azure has no default
 
     def default_credentials(self) -> dict[str, str]:
         """`providers.<name>.api_key` of every provider that has one."""

@@ -1,6 +1,6 @@
 """The providers Majordomo fronts, one module each, and how a request path picks one.
 
-Every module (`openai`, `anthropic`, `gemini`) declares the same facts and exposes the same
+Every module (`openai`, `anthropic`, `gemini`, `azure`) declares the same facts and exposes the same
 pure functions, described by `ProviderModule`: its `NAME`, default `BASE_URL` and price ids,
 then `request_info`, `usage_from_body`, `error_body` and a `StreamParser` class. Everything
 else is derived from `MODULES`: the names `X-Majordomo-Provider` accepts, the
@@ -14,6 +14,7 @@ shape, so that a credential only ever goes to the provider it was meant for:
 * a path containing a Gemini method (`:generateContent`, `:streamGenerateContent`,
   `:countTokens`, `:embedContent`, `:batchEmbedContents`), whatever its prefix, and anything
   under `/v1beta/` or `/v1alpha/`, is Gemini's;
+* `/openai/deployments/…` and `/openai/v1/…` are Azure OpenAI's;
 * `/v1/messages` and everything below it is Anthropic's;
 * any other `/v1/...` path belongs to the provider whose credential or headers it carries:
   `anthropic-version` or `x-api-key` mean Anthropic (its SDK lists models at `/v1/models`
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from majordomo.providers import anthropic, gemini, openai
+from majordomo.providers import anthropic, azure, gemini, openai
 from majordomo.providers.common import ProviderModule, RequestInfo, StreamParserLike
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 # The one list of providers.
-MODULES: tuple[ProviderModule, ...] = (openai, anthropic, gemini)
+MODULES: tuple[ProviderModule, ...] = (openai, anthropic, gemini, azure)
 
 PROVIDER_NAMES = tuple(module.NAME for module in MODULES)
 _MODULES: dict[str, ProviderModule] = {module.NAME: module for module in MODULES}
@@ -107,6 +108,8 @@ def detect_provider(
         return None
     if _gemini_method(path) or path.startswith(_GEMINI_ONLY_PREFIXES):
         return "gemini"
+    if path.startswith(azure.PATH_PREFIXES):
+        return "azure"
     if not path.startswith("/v1/"):
         return None
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
@@ -126,6 +129,8 @@ def wire_format(path: str, provider: str) -> str:
     OpenAI-shaped ones (`/v1/chat/completions` sent to Anthropic, Gemini's
     `/v1beta/openai/...`) speak OpenAI's whoever serves them; the rest speak the serving
     provider's (its error shape is what its SDK reads)."""
+    if path.startswith(azure.PATH_PREFIXES):
+        return "azure"  # OpenAI's format, with Azure's credential header
     if "/openai/" in path:
         return "openai"
     if _gemini_method(path) or path.startswith(_GEMINI_ONLY_PREFIXES):

@@ -236,7 +236,15 @@ class ProxyRequest:
                 if detected is None:
                     raise _Reply(404, _not_served(self.path))
                 self._use(detected)
-        return self.ctx.upstreams.by_provider[self.provider]
+        upstream = self.ctx.upstreams.by_provider.get(self.provider)
+        if upstream is None:
+            raise _Reply(
+                404,
+                f"{self.provider} is not configured on this gateway: set "
+                f"providers.{self.provider}.base_url (MAJORDOMO_PROVIDERS_"
+                f"{self.provider.upper()}_BASE_URL) to its endpoint",
+            )
+        return upstream
 
     def _raw_path(self) -> bytes:
         raw: bytes = self.scope.get("raw_path") or self.path.encode()

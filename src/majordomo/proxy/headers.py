@@ -125,7 +125,7 @@ def credential_hash(headers: RawHeaders, query: bytes) -> str | None:
         if key == b"authorization":
             secret = value.split(b" ", 1)[1] if b" " in value else value
             break
-        if key in (b"x-api-key", b"x-goog-api-key"):
+        if key in (b"x-api-key", b"x-goog-api-key", b"api-key"):
             secret = value
             break
     if secret is None and b"key=" in query:
