@@ -351,7 +351,8 @@ def test_override_keys_match_by_provider_exact_id_then_normalised_id() -> None:
         return book.cost(provider, model, usage(M, 0), AT).input_cost
 
     assert input_rate("openai", "gpt-4o") == 2  # the provider-prefixed key wins
-    assert input_rate("azure", "gpt-4o") == 1
+    assert input_rate("groq", "gpt-4o") == 1  # another provider: the unprefixed key
+    assert input_rate("azure", "gpt-4o") == 2  # Azure is priced as OpenAI: openai/ keys apply
     assert input_rate("openai", "gpt-4o-2024-05-13") == 3  # the exact dated key
     assert input_rate("openai", "gpt-4o-2024-11-20") == 2  # the undated one
     assert input_rate("gemini", "my-fine-tune") == 4  # models no source knows
