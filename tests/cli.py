@@ -29,11 +29,15 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def majordomo(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> Result:
+def majordomo(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60, stdin: str | None = None
+) -> Result:
+    """Run `majordomo ARGS` (with `stdin` piped in, if given) and collect what it printed."""
     proc = subprocess.run(
         [sys.executable, "-m", "majordomo", *args],
         env=child_env(env),
         cwd=cwd,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

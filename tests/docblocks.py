@@ -4,6 +4,7 @@ the tests that run the docs' examples (`test_docs.py`, `test_docs_credentials.py
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 
 RUNNABLE_LANGUAGES = {"bash", "python", "sql"}
@@ -62,3 +63,23 @@ def parse_blocks(text: str) -> list[Block]:
         opening = None
     assert opening is None, f"line {opening[1]}: the block is never closed"
     return blocks
+
+
+def script(blocks: list[Block]) -> str:
+    """A page's runnable blocks as one bash script: python blocks as here-documents, each
+    started with a marker line so the output can be told apart."""
+    parts = ["set -euo pipefail"]
+    for block in blocks:
+        if not block.runs:
+            continue
+        parts.append(f"echo '=== {block.title}'")
+        if block.language == "python":
+            parts.append(f"python3 - <<'PYTHON'\n{block.code}PYTHON")
+        else:
+            parts.append(block.code)
+        parts.append("echo")  # curl prints no final newline
+    return "\n".join(parts) + "\n"
+
+
+def outputs(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^=== (\S+)\n(.*?)(?=^=== |\Z)", text, flags=re.M | re.S))

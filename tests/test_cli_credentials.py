@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 
 from majordomo.db.credentials import API_KEY, PROXY_KEY
 from majordomo.vault import Vault, key_id
-from tests.cli import Result, assert_one_line_error, child_env, majordomo
+from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
 
 KEY = secrets.token_hex(32)
@@ -32,17 +30,8 @@ def run(pg: PgAdmin, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def with_stdin(pg: PgAdmin, tmp_path: Path, stdin: str, *args: str) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "majordomo", *args],
-        env=child_env({**pg.env, "MAJORDOMO_SECRETS_ENCRYPTION_KEY": KEY}),
-        cwd=tmp_path,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    env = {**pg.env, "MAJORDOMO_SECRETS_ENCRYPTION_KEY": KEY}
+    return majordomo(*args, env=env, cwd=tmp_path, stdin=stdin)
 
 
 def new_key(run: Any) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from majordomo.passwords import verify_password
-from tests.cli import Result, assert_one_line_error, child_env, majordomo
+from tests.cli import Result, assert_one_line_error, majordomo
 from tests.pghelpers import PgAdmin
 
 PASSWORD = "a long enough password"
@@ -18,19 +16,7 @@ PASSWORD = "a long enough password"
 @pytest.fixture
 def run(pg: PgAdmin, tmp_path: Path):  # type: ignore[no-untyped-def]
     def run(*args: str, stdin: str | None = None) -> Result:
-        if stdin is None:
-            return majordomo(*args, env=pg.env, cwd=tmp_path)
-        proc = subprocess.run(
-            [sys.executable, "-m", "majordomo", *args],
-            env=child_env(pg.env),
-            cwd=tmp_path,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return Result(proc.returncode, proc.stdout, proc.stderr)
+        return majordomo(*args, env=pg.env, cwd=tmp_path, stdin=stdin)
 
     return run
 

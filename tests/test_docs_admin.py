@@ -11,11 +11,10 @@ from typing import Any
 
 import trio
 
-from tests.docblocks import parse_blocks
+from tests.docblocks import outputs, parse_blocks, script
 from tests.fakeupstream import FakeUpstream
 from tests.harness import TEST_ENCRYPTION_KEY, TEST_JWT_SECRET, running_gateway
 from tests.pghelpers import PgAdmin
-from tests.test_docs_credentials import outputs, script
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "admin-api.md"
 BLOCKS = parse_blocks(GUIDE.read_text(encoding="utf-8"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from tests.docblocks import Block, parse_blocks
+from tests.docblocks import outputs, parse_blocks, script
 from tests.fakeupstream import FakeUpstream
 from tests.harness import TEST_ENCRYPTION_KEY, running_gateway
 from tests.pghelpers import PgAdmin
@@ -25,26 +25,6 @@ SECRETS = {
     "ANTHROPIC_API_KEY": "sk-ant-api03-docs-anthropic-credential",
     "GEMINI_API_KEY": "AIzaSyDocs-gemini-credential-0003",
 }
-
-
-def script(blocks: list[Block]) -> str:
-    """A page's runnable blocks as one bash script: python blocks as here-documents, each
-    started with a marker line so the output can be told apart."""
-    parts = ["set -euo pipefail"]
-    for block in blocks:
-        if not block.runs:
-            continue
-        parts.append(f"echo '=== {block.title}'")
-        if block.language == "python":
-            parts.append(f"python3 - <<'PYTHON'\n{block.code}PYTHON")
-        else:
-            parts.append(block.code)
-        parts.append("echo")  # curl prints no final newline
-    return "\n".join(parts) + "\n"
-
-
-def outputs(text: str) -> dict[str, str]:
-    return dict(re.findall(r"^=== (\S+)\n(.*?)(?=^=== |\Z)", text, flags=re.M | re.S))
 
 
 def test_every_block_runs_or_says_why_not() -> None:

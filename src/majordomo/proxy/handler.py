@@ -37,8 +37,8 @@ from majordomo.proxy.headers import (
     PROVIDER_HEADER,
     RawHeaders,
     connection_headers,
-    credential_hash,
     downstream_headers,
+    hash_of,
     header,
     metadata_from,
     our_key_in,
@@ -284,7 +284,7 @@ class ProxyRequest:
         try:
             key_id = await self.ctx.keys.authenticate(given or None)
             if proxy_key is None and in_slot is None:  # the caller's own credential
-                return _Auth(key_id, credential_hash=credential_hash(self.headers, self.query))
+                return _Auth(key_id, credential_hash=hash_of(sent))
             held = (
                 await self.ctx.credentials.for_proxy_key(key_id, proxy_key, self.provider)
                 if proxy_key is not None

@@ -120,20 +120,14 @@ def our_key_in(headers: RawHeaders, query: bytes, path: bytes) -> str | None:
 
 def credential_hash(headers: RawHeaders, query: bytes) -> str | None:
     """SHA-256 of the caller's upstream credential (never the credential itself)."""
-    secret: bytes | None = None
-    for key, value in headers:
-        if key == b"authorization":
-            secret = value.split(b" ", 1)[1] if b" " in value else value
-            break
-        if key in (b"x-api-key", b"x-goog-api-key", b"api-key"):
-            secret = value
-            break
-    if secret is None and b"key=" in query:
-        for name, text in parse_qsl(query.decode("latin-1")):
-            if name == "key":
-                secret = text.encode("latin-1")
-                break
-    return hashlib.sha256(secret.strip()).hexdigest() if secret else None
+    return hash_of(sent_credentials(headers, query))
+
+
+def hash_of(sent: list[SentCredential]) -> str | None:
+    """SHA-256 of the first credential sent (a header before `?key`), or None."""
+    if not sent or not sent[0].value:
+        return None
+    return hashlib.sha256(sent[0].value.encode("latin-1")).hexdigest()
 
 
 def metadata_from(headers: RawHeaders) -> tuple[dict[str, str], int]:
