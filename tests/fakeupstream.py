@@ -47,6 +47,7 @@ import logging
 import re
 import signal
 import struct
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,17 @@ _GEMINI_PATH = re.compile(
 # Azure OpenAI: a deployment's chat completions, answered by the model it runs.
 _AZURE_DEPLOYMENT_CHAT = re.compile(r"/openai/deployments/([^/]+)/chat/completions")
 AZURE_DEPLOYMENT_MODEL = "gpt-4o-mini-2024-07-18"
+# Bedrock Runtime: /model/{modelId}/{operation}, the model id percent-encoded (`:` as %3A).
+_BEDROCK_PATH = re.compile(
+    r"/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)"
+)
+_BEDROCK_ERRORS = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    429: "ThrottlingException",
+    503: "ServiceUnavailableException",
+}
 
 _OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
     400: ("invalid_request_error", None),
@@ -483,6 +495,8 @@ def _route(method: str, path: str) -> tuple[str, _Builder] | None:
             return "gemini", _gemini
         if _AZURE_DEPLOYMENT_CHAT.fullmatch(path):
             return "openai", _azure_deployment_chat
+        if _BEDROCK_PATH.fullmatch(path):
+            return "bedrock", _bedrock
     if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
         return "openai", _models
     return None
@@ -512,6 +526,8 @@ def _error(family: str, status: int, message: str) -> Reply:
         return _anthropic_error(status, message)
     if family == "gemini":
         return _gemini_error(status, message)
+    if family == "bedrock":
+        return _bedrock_error(status, message)
     kind, code = _OPENAI_ERRORS.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", None)
     )
@@ -945,18 +961,31 @@ def _anthropic_messages(call: Call, payload: Json, controls: _Controls) -> Reply
         "ephemeral_1h_input_tokens": 0,
     }
     headers = [(b"request-id", f"req_011Fake{plan.tag}".encode())]
+    # Given tools, the answer calls the first one (after its text), as Claude does.
+    tool = _first_tool(payload)
+    tool_use: Json | None = None
+    if tool is not None:
+        tool_use = {
+            "type": "tool_use",
+            "id": f"toolu_01Fake{plan.tag}",
+            "name": tool,
+            "input": {"tag": plan.tag, "words": list(plan.pieces[1:3])},
+        }
+    stop_reason = "tool_use" if tool_use is not None else "end_turn"
 
     if payload.get("stream") is not True:
         content: list[Json] = [{"type": "text", "text": plan.text}]
         if thinking:
             content.insert(0, {"type": "thinking", "thinking": thought, "signature": signature})
+        if tool_use is not None:
+            content.append(tool_use)
         body = {
             "model": model,
             "id": ident,
             "type": "message",
             "role": "assistant",
             "content": content,
-            "stop_reason": "end_turn",
+            "stop_reason": stop_reason,
             "stop_sequence": None,
             "usage": {
                 **_anthropic_counts(plan, output_tokens),
@@ -1009,11 +1038,19 @@ def _anthropic_messages(call: Call, payload: Json, controls: _Controls) -> Reply
     text_block = block(index, {"type": "text", "text": ""}, text_deltas)
     # Anthropic pings right after the first content block opens.
     chunks += [text_block[0], event("ping", b'{"type": "ping"}'), *text_block[1:]]
+    if tool_use is not None:
+        arguments = _compact(tool_use["input"]).decode()
+        cut = len(arguments) // 2
+        json_deltas = [
+            {"type": "input_json_delta", "partial_json": part}
+            for part in ("", arguments[:cut], arguments[cut:])
+        ]
+        chunks += block(index + 1, {**tool_use, "input": {}}, json_deltas)
     chunks += [
         event(
             "message_delta",
             {
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                 "usage": _anthropic_counts(plan, output_tokens),
             },
         ),
@@ -1021,6 +1058,16 @@ def _anthropic_messages(call: Call, payload: Json, controls: _Controls) -> Reply
     ]
     sse_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *headers]
     return Reply(200, sse_headers, b"", chunks, usage, model, plan.text)
+
+
+def _first_tool(payload: Json) -> str | None:
+    tools = payload.get("tools")
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    name = tools[0].get("name")
+    if not isinstance(name, str):
+        raise _BadRequest("tools.0.name: Field required")
+    return name
 
 
 def _anthropic_count_tokens(call: Call, payload: Json, controls: _Controls) -> Reply:
@@ -1120,6 +1167,119 @@ def _gemini(call: Call, payload: Json, controls: _Controls) -> Reply:
 
 
 _Builder = Callable[[Call, Any, _Controls], Reply]
+
+
+# -------------------------------------------------------------------------------- Bedrock
+
+
+def _bedrock_error(status: int, message: str) -> Reply:
+    kind = _BEDROCK_ERRORS.get(status, "InternalServerException")
+    headers = [
+        (b"content-type", _JSON),
+        (
+            b"x-amzn-errortype",
+            f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/".encode(),
+        ),
+        (b"x-amzn-requestid", b"5b3fa1d4-0f0e-4c3b-9a57-1f4b5f8c2d10"),
+    ]
+    return Reply(status, headers, _compact({"message": message}))
+
+
+def _bedrock(call: Call, payload: Json, controls: _Controls) -> Reply:
+    """Converse, ConverseStream, and InvokeModel (with its stream) of an Anthropic model: the
+    model is the path's, the answer names none (Converse) or Anthropic's (InvokeModel)."""
+    from tests.eventstream import bedrock_event
+
+    match = _BEDROCK_PATH.fullmatch(call.path)
+    assert match is not None
+    model, operation = urllib.parse.unquote(match[1]), match[2]
+    if operation.startswith("invoke"):
+        return _bedrock_invoke(call, payload, controls, model, operation.endswith("-stream"))
+    if not isinstance(payload.get("messages"), list):
+        raise _BadRequest(
+            "1 validation error detected: Value null at 'messages' failed to satisfy constraint: Member must not be null"
+        )
+    plan = _Plan.of(payload, controls.chunks)
+    usage = Usage(
+        input_tokens=plan.input_tokens,
+        output_tokens=plan.visible,
+        cached_tokens=plan.cached,
+        cache_creation_tokens=plan.cache_creation,
+    )
+    counts = {
+        "inputTokens": plan.input_tokens - plan.cached - plan.cache_creation,
+        "outputTokens": plan.visible,
+        "totalTokens": plan.input_tokens + plan.visible,
+        "cacheReadInputTokens": plan.cached,
+        "cacheWriteInputTokens": plan.cache_creation,
+    }
+    headers = [(b"x-amzn-requestid", f"fake-{plan.tag}".encode())]
+    if operation == "converse":
+        body = {
+            "output": {"message": {"role": "assistant", "content": [{"text": plan.text}]}},
+            "stopReason": "end_turn",
+            "usage": counts,
+            "metrics": {"latencyMs": 412},
+        }
+        return Reply(
+            200, [(b"content-type", _JSON), *headers], _compact(body), None, usage, model, plan.text
+        )
+    chunks = [bedrock_event("messageStart", {"p": "abcdefghijklm", "role": "assistant"})]
+    chunks += [
+        bedrock_event(
+            "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}, "p": "abcd"}
+        )
+        for piece in plan.pieces
+    ]
+    chunks += [
+        bedrock_event("contentBlockStop", {"contentBlockIndex": 0, "p": "abcdefghijklmnopq"}),
+        bedrock_event("messageStop", {"p": "abcdefghijklmnopqrstuvw", "stopReason": "end_turn"}),
+        bedrock_event("metadata", {"metrics": {"latencyMs": 412}, "p": "abcdef", "usage": counts}),
+    ]
+    stream_headers = [(b"content-type", b"application/vnd.amazon.eventstream"), *headers]
+    return Reply(200, stream_headers, b"", chunks, usage, model, plan.text)
+
+
+def _bedrock_invoke(
+    call: Call, payload: Json, controls: _Controls, model: str, stream: bool
+) -> Reply:
+    """InvokeModel of an Anthropic model: Anthropic's Messages JSON in and out (no model or
+    stream field in the request; the stream's events wrapped in `chunk` events)."""
+    from tests.eventstream import bedrock_event
+
+    if payload.get("anthropic_version") != "bedrock-2023-05-31":
+        raise _BadRequest("Malformed input request: anthropic_version is required")
+    native = _anthropic_messages(call, {**payload, "model": model, "stream": stream}, controls)
+    headers = [(b"x-amzn-requestid", b"fake-invoke")]
+    if not stream:
+        return Reply(
+            200,
+            [(b"content-type", _JSON), *headers],
+            native.body,
+            None,
+            native.usage,
+            model,
+            native.text,
+        )
+    assert native.chunks is not None
+    assert native.usage is not None
+    events = []
+    for chunk in native.chunks:
+        data = chunk.split(b"\ndata: ", 1)[1].rstrip(b"\n")
+        event = json.loads(data)
+        if event.get("type") == "message_stop":
+            event["amazon-bedrock-invocationMetrics"] = {
+                "inputTokenCount": native.usage.input_tokens
+                - native.usage.cached_tokens
+                - native.usage.cache_creation_tokens,
+                "outputTokenCount": native.usage.output_tokens,
+                "invocationLatency": 412,
+                "firstByteLatency": 120,
+            }
+        raw = base64.b64encode(_compact(event)).decode()
+        events.append(bedrock_event("chunk", {"bytes": raw, "p": "abcdefgh"}))
+    stream_headers = [(b"content-type", b"application/vnd.amazon.eventstream"), *headers]
+    return Reply(200, stream_headers, b"", events, native.usage, model, native.text)
 
 
 def _azure_deployment_chat(call: Call, payload: Json, controls: _Controls) -> Reply:

@@ -58,6 +58,9 @@ GEMINI = "gemini-2.5-flash"
 # 27 candidate tokens + 642 thinking tokens.
 GEMINI_USAGE = Usage(input_tokens=4121, output_tokens=669, cached_tokens=4056, reasoning_tokens=642)
 
+AZURE_MODEL = "gpt-4o-mini-2024-07-18"
+AZURE_USAGE = Usage(input_tokens=1290, output_tokens=8, cached_tokens=1152)
+
 # (provider, path, fixture, model, usage) for complete JSON responses.
 BODY_CASES: list[tuple[str, str, str, str | None, Usage | None]] = [
     ("openai", "/v1/chat/completions", "openai/chat.json", CHAT_MODEL, CHAT_USAGE),
@@ -70,6 +73,13 @@ BODY_CASES: list[tuple[str, str, str, str | None, Usage | None]] = [
         Usage(input_tokens=9),
     ),
     ("openai", "/v1/responses", "openai/responses.json", RESPONSES_MODEL, RESPONSES_USAGE),
+    (  # Azure OpenAI: OpenAI's shape plus content-filter results
+        "azure",
+        "/openai/deployments/prod-chat/chat/completions",
+        "azure/chat.json",
+        AZURE_MODEL,
+        AZURE_USAGE,
+    ),
     ("anthropic", "/v1/messages", "anthropic/message.json", CLAUDE, MESSAGE_USAGE),
     ("anthropic", "/v1/messages", "anthropic/thinking.json", CLAUDE, THINKING_USAGE),
     (
@@ -111,6 +121,14 @@ BODY_CASES: list[tuple[str, str, str, str | None, Usage | None]] = [
 
 # (provider, fixture, strip_usage_chunk, model, usage, fixture the client must receive).
 STREAM_CASES: list[tuple[str, str, bool, str | None, Usage | None, str]] = [
+    (  # Azure's first event names no model and carries only the prompt's filter results
+        "azure",
+        "azure/chat_stream_usage.sse",
+        False,
+        AZURE_MODEL,
+        AZURE_USAGE,
+        "azure/chat_stream_usage.sse",
+    ),
     (
         "openai",
         "openai/chat_stream_usage.sse",
@@ -726,8 +744,9 @@ def test_error_kinds(
 def test_error_body_escapes_the_message() -> None:
     message = 'bad "key" \\ é \n'
     for name in PROVIDER_NAMES:
-        body = get_provider(name).error_body(401, message)
-        assert json.loads(body)["error"]["message"] == message
+        body = json.loads(get_provider(name).error_body(401, message))
+        # Bedrock's errors are flat ({"message", "__type"}), as boto3 reads them.
+        assert (body if name == "bedrock" else body["error"])["message"] == message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,6 +812,10 @@ def test_everything_about_a_provider_derives_from_its_module() -> None:
         assert settings.providers.upstream(module.NAME).base_url == module.BASE_URL
         if module.BASE_URL:
             assert upstreams.by_provider[module.NAME].host in module.BASE_URL
+        elif module.NAME == "bedrock":  # the endpoint of providers.bedrock.region
+            assert (
+                upstreams.by_provider[module.NAME].host == "bedrock-runtime.us-east-1.amazonaws.com"
+            )
         else:  # no default endpoint (Azure: the resource's): no upstream until configured
             assert module.NAME not in upstreams.by_provider
         assert GENAI_PROVIDER_IDS[module.NAME] == module.PRICE_PROVIDER

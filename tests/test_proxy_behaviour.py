@@ -82,7 +82,7 @@ async def test_provider_header_overrides_and_rejects_unknown_names(
     )
     assert bad.status_code == 400
     assert error_of(bad) == (
-        "X-Majordomo-Provider 'mistral' is not a provider; use one of openai, anthropic, gemini, azure, gemini-openai"
+        "X-Majordomo-Provider 'mistral' is not a provider; use one of openai, anthropic, gemini, azure, bedrock, gemini-openai, anthropic-openai"
     )
     forced = await client.post(
         "/v1/messages",

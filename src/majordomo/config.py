@@ -176,6 +176,14 @@ def _setting(default: Any, parse: Callable[[Any], Any], doc: str, *, secret: boo
     return field(default=default, metadata={"parse": parse, "doc": doc, "secret": secret})
 
 
+def aws_region(raw: Any) -> str:
+    """An AWS region name (`us-east-1`): it becomes part of a host name."""
+    text = parse_str(raw).strip().lower()
+    if not re.fullmatch(r"[a-z]{2}(-[a-z0-9]+)+", text):
+        raise ValueError(f"expected an AWS region such as us-east-1, got {text[:40]!r}")
+    return text
+
+
 def encryption_key(raw: Any) -> str:
     """An AES-256 key as 64 hex characters, or empty for none (kept as text: `vault` reads it)."""
     from majordomo.vault import parse_key
@@ -353,9 +361,18 @@ class UpstreamSettings:
     api_key: str
 
 
+@dataclass(frozen=True)
+class RegionalUpstreamSettings(UpstreamSettings):
+    """A provider's section with an AWS region (Bedrock's): where its endpoint is when
+    `base_url` is not set, and what requests are signed for."""
+
+    region: str
+
+
 def _upstream_section(module: ProviderModule) -> type[UpstreamSettings]:
     """The settings class of one provider, from what its module declares."""
     doc = f"upstream base URL ({module.BASE_URL_HINT})"
+    region = getattr(module, "DEFAULT_REGION", None)
     key_doc = (
         "the gateway-wide credential sent to this provider for callers that put their "
         "Majordomo key in the SDK's api_key and hold no credential of their own; empty: none"
@@ -369,8 +386,13 @@ def _upstream_section(module: ProviderModule) -> type[UpstreamSettings]:
                 _setting(module.BASE_URL, optional_url if not module.BASE_URL else url, doc),
             ),
             ("api_key", str, _setting("", parse_str, key_doc, secret=True)),
+            *(
+                [("region", str, _setting(region, aws_region, "the AWS region requests go to"))]
+                if region is not None
+                else []
+            ),
         ],
-        bases=(UpstreamSettings,),
+        bases=(UpstreamSettings,) if region is None else (RegionalUpstreamSettings,),
         frozen=True,
     )
 
@@ -475,11 +497,20 @@ class _ProvidersCommon:
         section: UpstreamSettings = getattr(self, name)
         return section
 
+    def region(self, name: str) -> str:
+        """The AWS region of provider `name` (Bedrock), else empty."""
+        section = self.upstream(name)
+        return section.region if isinstance(section, RegionalUpstreamSettings) else ""
+
     def base_urls(self) -> dict[str, str]:
         """Every provider's base URL: the built-in ones and `providers.extra`."""
         from majordomo.providers import PROVIDER_NAMES
 
         urls = {name: self.upstream(name).base_url for name in PROVIDER_NAMES}
+        if not urls["bedrock"]:
+            from majordomo.providers import bedrock
+
+            urls["bedrock"] = bedrock.base_url_for(self.region("bedrock"))
         urls.update({name: extra.base_url for name, extra in self.extra.items()})
         return {name: url for name, url in urls.items() if url}  # azure has no default
 

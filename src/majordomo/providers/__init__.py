@@ -1,6 +1,6 @@
 """The providers Majordomo fronts, one module each, and how a request path picks one.
 
-Every module (`openai`, `anthropic`, `gemini`, `azure`) declares the same facts and exposes the same
+Every module (`openai`, `anthropic`, `gemini`, `azure`, `bedrock`) declares the same facts and exposes the same
 pure functions, described by `ProviderModule`: its `NAME`, default `BASE_URL` and price ids,
 then `request_info`, `usage_from_body`, `error_body` and a `StreamParser` class. Everything
 else is derived from `MODULES`: the names `X-Majordomo-Provider` accepts, the
@@ -14,7 +14,8 @@ shape, so that a credential only ever goes to the provider it was meant for:
 * a path containing a Gemini method (`:generateContent`, `:streamGenerateContent`,
   `:countTokens`, `:embedContent`, `:batchEmbedContents`), whatever its prefix, and anything
   under `/v1beta/` or `/v1alpha/`, is Gemini's;
-* `/openai/deployments/…` and `/openai/v1/…` are Azure OpenAI's;
+* `/openai/deployments/…` and `/openai/v1/…` are Azure OpenAI's; `/model/…` (Converse,
+  InvokeModel and their streams) is Amazon Bedrock's;
 * `/v1/messages` and everything below it is Anthropic's;
 * any other `/v1/...` path belongs to the provider whose credential or headers it carries:
   `anthropic-version` or `x-api-key` mean Anthropic (its SDK lists models at `/v1/models`
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from majordomo.providers import anthropic, azure, gemini, openai
+from majordomo.providers import anthropic, azure, bedrock, gemini, openai
 from majordomo.providers.common import ProviderModule, RequestInfo, StreamParserLike
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 # The one list of providers.
-MODULES: tuple[ProviderModule, ...] = (openai, anthropic, gemini, azure)
+MODULES: tuple[ProviderModule, ...] = (openai, anthropic, gemini, azure, bedrock)
 
 PROVIDER_NAMES = tuple(module.NAME for module in MODULES)
 _MODULES: dict[str, ProviderModule] = {module.NAME: module for module in MODULES}
@@ -68,17 +69,28 @@ class Alias:
     provider: str
     wire_format: str
     prefix: bytes  # the upstream API's root, in place of the client's /v1/
+    # Set when the gateway translates: the one client path served, and where it goes upstream
+    # (`anthropic_openai.py`). Untranslated aliases forward every path under `prefix`.
+    translates: tuple[str, bytes] | None = None
 
     def upstream_path(self, raw_path: bytes) -> bytes:
-        """`/v1/chat/completions` → `<prefix>chat/completions`; a path already under the
-        prefix goes as it came."""
+        """`/v1/chat/completions` → `<prefix>chat/completions` (or the translated API's
+        path); a path already under the prefix goes as it came."""
+        if self.translates is not None:
+            return self.translates[1]
         if raw_path.startswith(self.prefix) or not raw_path.startswith(b"/v1/"):
             return raw_path
         return self.prefix + raw_path[len(b"/v1/") :]
 
 
-# gemini-openai: Gemini's OpenAI-compatible endpoint, read as OpenAI's, billed by Google.
-ALIASES: dict[str, Alias] = {"gemini-openai": Alias("gemini", "openai", b"/v1beta/openai/")}
+ALIASES: dict[str, Alias] = {
+    # Gemini's OpenAI-compatible endpoint, read as OpenAI's, billed by Google.
+    "gemini-openai": Alias("gemini", "openai", b"/v1beta/openai/"),
+    # OpenAI's Chat Completions, translated to Anthropic's Messages and back.
+    "anthropic-openai": Alias(
+        "anthropic", "openai", b"/v1/", translates=("/v1/chat/completions", b"/v1/messages")
+    ),
+}
 
 _GEMINI_ONLY_PREFIXES = ("/v1beta/", "/v1alpha/")
 # Headers only Anthropic's clients send.
@@ -110,6 +122,8 @@ def detect_provider(
         return "gemini"
     if path.startswith(azure.PATH_PREFIXES):
         return "azure"
+    if path.startswith(bedrock.PATH_PREFIX):
+        return "bedrock"
     if not path.startswith("/v1/"):
         return None
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
@@ -131,6 +145,8 @@ def wire_format(path: str, provider: str) -> str:
     provider's (its error shape is what its SDK reads)."""
     if path.startswith(azure.PATH_PREFIXES):
         return "azure"  # OpenAI's format, with Azure's credential header
+    if path.startswith(bedrock.PATH_PREFIX):
+        return "bedrock"
     if "/openai/" in path:
         return "openai"
     if _gemini_method(path) or path.startswith(_GEMINI_ONLY_PREFIXES):

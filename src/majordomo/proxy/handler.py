@@ -31,7 +31,14 @@ from majordomo.config import Settings
 from majordomo.credentials import PROXY_KEY_PREFIX, HeldCredentials
 from majordomo.errors import DatabaseUnavailable, Unauthorized
 from majordomo.metrics import Metrics
-from majordomo.providers import PROVIDER_NAMES, ProviderModule, RequestInfo
+from majordomo.providers import PROVIDER_NAMES, Alias, ProviderModule, RequestInfo, anthropic_openai
+from majordomo.proxy.awssign import (
+    AwsKeys,
+    aws_keys,
+    is_sigv4,
+    sigv4_signed,
+    without_signature,
+)
 from majordomo.proxy.headers import (
     KEY_HEADER,
     PROVIDER_HEADER,
@@ -45,10 +52,12 @@ from majordomo.proxy.headers import (
     sent_credentials,
     upstream_headers,
     with_credential,
+    without_credentials,
     without_key_param,
 )
 from majordomo.proxy.outcome import CLIENT_CLOSED_REQUEST, Incoming, Outcome, build_record
 from majordomo.proxy.tee import Tee, TeeResult
+from majordomo.proxy.translation import AnswerTranslator
 from majordomo.proxy.upstream import Upstream, Upstreams, check_target
 from majordomo.records import RequestRecord
 from majordomo.spool import Spool
@@ -118,6 +127,8 @@ class _Auth:
     credential_hash: str | None = None
     proxy_key_id: uuid.UUID | None = None
     held_secret: bytes | None = None
+    # Set when the gateway signs the request itself (Bedrock with held AWS keys).
+    aws: AwsKeys | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +154,15 @@ class ProxyRequest:
         self.path: str = scope["path"]
         self.method: str = scope["method"]
         self.query: bytes = scope["query_string"]
-        # Until detection says otherwise, refusals speak OpenAI's error shape.
+        # Until detection says otherwise, refusals speak OpenAI's error shape. `module` is the
+        # client's wire format; `upstream_module` the provider's, which differs only when the
+        # gateway translates (anthropic-openai): it places the credential and reads usage.
         self.module: ProviderModule = providers.get_provider("openai")
+        self.upstream_module: ProviderModule = self.module
         self.provider = "openai"
+        self.alias: Alias | None = None
+        # When translating: whether the client asked for a usage chunk at the stream's end.
+        self.include_usage = False
         # Where the upstream path differs from the client's: an alias (gemini-openai) or a
         # `providers.extra` provider chosen by its path prefix (/groq/v1/... → /v1/...).
         self.rewrite_path: Callable[[bytes], bytes] | None = None
@@ -162,6 +179,9 @@ class ProxyRequest:
             auth = await self._authenticate()
             headers, url = self._upstream_request(upstream, auth)
             body = await self._read_body()
+            info = self._request_info(body)
+            if auth.aws is not None:
+                headers = self._signed(headers, url, info.body, auth.aws)
         except _Reply as reply:
             await self._refuse(reply)
             return
@@ -176,13 +196,9 @@ class ProxyRequest:
             headers=self.headers,
             provider=self.provider,
             key_id=auth.key_id,
-            body=body,
-            info=self.module.request_info(
-                self.path,
-                self.query.decode("latin-1"),
-                body,
-                inject_stream_usage=self.ctx.settings.providers.inject_stream_usage,
-            ),
+            # What went to the provider: a translated request is stored as translated.
+            body=info.body,
+            info=info,
             metadata=metadata,
             credential_hash=auth.credential_hash,
             proxy_key_id=auth.proxy_key_id,
@@ -211,6 +227,8 @@ class ProxyRequest:
                 self.provider = alias.provider
                 self.module = providers.get_provider(alias.wire_format)
                 self.rewrite_path = alias.upstream_path
+                if alias.translates is not None:
+                    self._translate(alias, alias.translates[0])
             elif name in extras:
                 self._use_extra(name)
             elif name in PROVIDER_NAMES:
@@ -253,11 +271,25 @@ class ProxyRequest:
     def _use(self, provider: str) -> None:
         self.provider = provider
         self.module = providers.get_provider(providers.wire_format(self.path, provider))
+        self.upstream_module = self.module
+
+    def _translate(self, alias: Alias, served: str) -> None:
+        """An alias the gateway translates for: one client path, the provider's wire format
+        upstream."""
+        if self.path.rstrip("/") != served or self.method != "POST":
+            raise _Reply(
+                404,
+                f"{self.provider}-openai translates POST {served} only, not {self.method} "
+                f"{self.path}; for the rest of {self.provider}'s API use its own SDK "
+                f"(X-Majordomo-Provider: {self.provider})",
+            )
+        self.alias = alias
+        self.upstream_module = providers.get_provider(alias.provider)
 
     def _use_extra(self, name: str) -> None:
         """A provider from `providers.extra`: OpenAI's wire format, billed under its name."""
         self.provider = name
-        self.module = providers.get_provider("openai")
+        self.module = self.upstream_module = providers.get_provider("openai")
 
     async def _authenticate(self) -> _Auth:
         """Check the Majordomo key (in `X-Majordomo-Key`, or where the SDK puts its api_key)
@@ -281,35 +313,68 @@ class ProxyRequest:
                 "a proxy key (mdm_pk_...) was sent without its Majordomo key: send the "
                 "Majordomo key in X-Majordomo-Key and the proxy key as the API key",
             )
+        # A SigV4 signature covers the host it was made for: one made for the gateway cannot
+        # go on to AWS, so the gateway signs with the credential it holds.
+        signed_for_us = self.upstream_module.NAME == "bedrock" and is_sigv4(
+            header(self.headers, b"authorization")
+        )
         try:
             key_id = await self.ctx.keys.authenticate(given or None)
-            if proxy_key is None and in_slot is None:  # the caller's own credential
-                return _Auth(key_id, credential_hash=hash_of(sent))
+            if proxy_key is None and in_slot is None and not signed_for_us:
+                own = sent[0].value if sent else None  # the caller's own credential
+                credential = self._moved_credential(own)
+                return _Auth(key_id, credential=credential, credential_hash=hash_of(sent))
             held = (
                 await self.ctx.credentials.for_proxy_key(key_id, proxy_key, self.provider)
                 if proxy_key is not None
                 else await self.ctx.credentials.for_key(key_id, self.provider)
             )
         except Unauthorized as exc:
+            if signed_for_us and in_slot is None and proxy_key is None:
+                raise _Reply(
+                    401,
+                    "the request is signed with the caller's own AWS keys, and a signature "
+                    "made for the gateway's host cannot be forwarded to AWS: " + str(exc),
+                ) from None
             raise _Reply(401, str(exc)) from None
         except DatabaseUnavailable as exc:
             raise _Reply(503, str(exc)) from None
         secret = held.secret.encode()
+        keys = aws_keys(held.secret) if self.upstream_module.NAME == "bedrock" else None
+        module = self.upstream_module
         return _Auth(
             key_id,
-            credential=(self.module.CREDENTIAL_HEADER, self.module.CREDENTIAL_SCHEME + secret),
+            credential=None
+            if keys is not None
+            else (module.CREDENTIAL_HEADER, module.CREDENTIAL_SCHEME + secret),
             credential_hash=hashlib.sha256(secret).hexdigest(),
             proxy_key_id=held.proxy_key_id,
             held_secret=secret,
+            aws=keys,
         )
+
+    def _moved_credential(self, own: str | None) -> tuple[bytes, bytes] | None:
+        """Where the caller's own credential goes when the client's wire format puts it
+        elsewhere than the provider's (the openai SDK's bearer token as Anthropic's
+        `x-api-key`); None when it goes as sent."""
+        if self.upstream_module is self.module or not own:
+            return None
+        module = self.upstream_module
+        return module.CREDENTIAL_HEADER, module.CREDENTIAL_SCHEME + own.encode("latin-1")
 
     def _upstream_request(self, upstream: Upstream, auth: _Auth) -> tuple[RawHeaders, httpx.URL]:
         """The headers and URL that go upstream; no Majordomo key or proxy key is in them."""
         headers = upstream_headers(self.headers)
         query = self.query
+        if auth.held_secret is not None and self.upstream_module.NAME == "bedrock":
+            headers = without_signature(headers)  # boto3's, made for the gateway
         if auth.credential is not None:
             headers = with_credential(headers, *auth.credential)
             query = without_key_param(query)
+        elif auth.aws is not None:  # signed once the body is in (`_signed`)
+            headers = without_credentials(headers)
+        if self.alias is not None:
+            headers = _translated_headers(headers)
         raw_path = self._raw_path()
         if self.rewrite_path is not None:
             raw_path = self.rewrite_path(raw_path)
@@ -326,6 +391,36 @@ class ProxyRequest:
             return headers, upstream.url(target)
         except httpx.InvalidURL as exc:  # check_target passes only what a URL holds; still
             raise _Reply(400, f"the request target cannot be forwarded: {exc}") from None
+
+    def _request_info(self, body: bytes) -> RequestInfo:
+        """What the request says (model, stream) and the body to send: translated when the
+        gateway translates, else as received (or with OpenAI's usage option added)."""
+        if self.alias is None:
+            return self.module.request_info(
+                self.path,
+                self.query.decode("latin-1"),
+                body,
+                inject_stream_usage=self.ctx.settings.providers.inject_stream_usage,
+            )
+        try:
+            translated = anthropic_openai.translate_request(body)
+        except anthropic_openai.Untranslatable as exc:
+            raise _Reply(400, str(exc)) from None
+        self.include_usage = translated.include_usage
+        return RequestInfo(model=translated.model, stream=translated.stream, body=translated.body)
+
+    def _signed(
+        self, headers: RawHeaders, url: httpx.URL, body: bytes, keys: AwsKeys
+    ) -> RawHeaders:
+        """`headers` signed for AWS over the very URL and body that go upstream."""
+        return sigv4_signed(
+            headers,
+            method=self.method,
+            url=str(url),
+            body=body,
+            keys=keys,
+            region=self.ctx.settings.providers.region("bedrock"),
+        )
 
     async def _read_body(self) -> bytes:
         limit = self.ctx.settings.server.max_request_body
@@ -470,8 +565,20 @@ class ProxyRequest:
         limits = self.ctx.settings.providers
         bodies = self.ctx.settings.logging
         self.response_headers = response.headers.raw
+        status = response.status_code
+        translator = (
+            AnswerTranslator(
+                status=status,
+                stream=info.stream,
+                include_usage=self.include_usage,
+                created=int(self.requested_at.timestamp()),
+                max_size=limits.max_event_size,
+            )
+            if self.alias is not None
+            else None
+        )
         tee = self.tee = Tee(
-            self.module,
+            self.upstream_module,
             self.path,
             status=response.status_code,
             stream=info.stream,
@@ -482,36 +589,49 @@ class ProxyRequest:
             capture_limit=bodies.max_body_size
             if self.ctx.keep_bodies and bodies.store_response_body
             else None,
+            decoded=translator is not None,
         )
-        # Content-Length goes down only for a body the upstream framed by length (never with a
-        # Transfer-Encoding beside it, which wins) and that reaches the client unchanged.
-        length_framed = "transfer-encoding" not in response.headers
-        headers = downstream_headers(
-            self.response_headers, keep_length=length_framed and not tee.edits
-        )
+        if translator is not None:
+            headers = translator.headers(self.response_headers)
+        else:
+            # Content-Length goes down only for a body the upstream framed by length (never
+            # with a Transfer-Encoding beside it, which wins) that reaches the client unchanged.
+            length_framed = "transfer-encoding" not in response.headers
+            headers = downstream_headers(
+                self.response_headers, keep_length=length_framed and not tee.edits
+            )
         headers += connection_headers(self.headers)
         # Everything since the request arrived, less the wait for the provider's answer.
         overhead_ms = (time.perf_counter() - self.t0) * 1000 - upstream_ms
         headers.append((b"x-request-id", str(self.id).encode()))
         headers.append((b"x-majordomo-overhead-ms", f"{overhead_ms:.2f}".encode()))
+        # A translated whole answer goes out once translated, its status and length with it.
+        held = translator is not None and not translator.streamed
         try:
-            self.response_started = True
-            await self._write(
-                {"type": "http.response.start", "status": response.status_code, "headers": headers}
-            )
+            if not held:
+                await self._start(status, headers)
             # aclosing: a relay cut short (client gone, timeout) closes the generator at once.
             async with aclosing(cast(AsyncGenerator[bytes], response.aiter_raw())) as upstream:
                 async for raw in upstream:
                     out = tee.feed(raw)
+                    if translator is not None:
+                        out = translator.feed(out)
                     if out:
                         await self._write(
                             {"type": "http.response.body", "body": out, "more_body": True}
                         )
             result = tee.close()  # the whole answer arrived
-            if result.tail:
-                await self._write(
-                    {"type": "http.response.body", "body": result.tail, "more_body": True}
-                )
+            tail = result.tail
+            error_message = result.error_message
+            if translator is not None:
+                tail = translator.finish()
+                status = translator.status
+                error_message = translator.error_message or error_message
+            if held:
+                headers.append((b"content-length", str(len(tail)).encode()))
+                await self._start(status, headers)
+            if tail:
+                await self._write({"type": "http.response.body", "body": tail, "more_body": True})
             await self._write({"type": "http.response.body", "body": b"", "more_body": False})
         except _ClientTooSlow:
             return _Ending(
@@ -526,7 +646,11 @@ class ProxyRequest:
             )
         except httpx.HTTPError as exc:
             return self._failed(502, f"{self.provider} broke off the response: {_describe(exc)}")
-        return _Ending(response.status_code, result.error_message)
+        return _Ending(status, error_message)
+
+    async def _start(self, status: int, headers: RawHeaders) -> None:
+        self.response_started = True
+        await self._write({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _write(self, message: Message) -> None:
         if self.client_gone:
@@ -578,6 +702,14 @@ class ProxyRequest:
             # (a buffered append, no waiting); the writer replays it.
             self.ctx.spool.append([record], sync=False)
             self.ctx.metrics.records_spooled += 1
+
+
+def _translated_headers(headers: RawHeaders) -> RawHeaders:
+    """The headers of a translated request: Anthropic's API version added when the client
+    (the openai SDK) did not name one; the body's length is set anew by the HTTP client."""
+    if header(headers, b"anthropic-version") is None:
+        headers = [*headers, (b"anthropic-version", anthropic_openai.ANTHROPIC_VERSION)]
+    return headers
 
 
 def _not_served(path: str) -> str:

@@ -61,6 +61,7 @@ def alias(headers: RawHeaders) -> str | None:
 # Gemini's REST examples use.
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
 KEY_PARAM = "key"
+_SIGV4 = b"AWS4-HMAC-SHA256"
 # Majordomo keys and proxy keys: never to leave for a provider.
 _OUR_KEYS = (b"mdm_sk_", b"mdm_pk_")
 
@@ -79,7 +80,9 @@ def sent_credentials(headers: RawHeaders, query: bytes) -> list[SentCredential]:
     sent: list[SentCredential] = []
     for key, value in headers:
         if key in CREDENTIAL_HEADERS:
-            if key == b"authorization" and b" " in value:
+            if key == b"authorization" and value.startswith(_SIGV4):
+                value = _access_key_id(value)
+            elif key == b"authorization" and b" " in value:
                 value = value.split(b" ", 1)[1]
             sent.append(SentCredential(key.decode("latin-1"), value.strip().decode("latin-1")))
     if b"key=" in query or b"%" in query:
@@ -89,11 +92,23 @@ def sent_credentials(headers: RawHeaders, query: bytes) -> list[SentCredential]:
     return sent
 
 
+def _access_key_id(authorization: bytes) -> bytes:
+    """The access key id of a SigV4 `Authorization` (`… Credential=AKID/date/…`): boto3 puts
+    its `aws_access_key_id` there, so a Majordomo key given as one is found."""
+    _, found, rest = authorization.partition(b"Credential=")
+    return rest.split(b"/", 1)[0].split(b",", 1)[0] if found else b""
+
+
 def with_credential(headers: RawHeaders, name: bytes, value: bytes) -> RawHeaders:
     """`headers` with every credential header the caller sent replaced by `name: value`."""
     out = [(k, v) for k, v in headers if k not in CREDENTIAL_HEADERS]
     out.append((name, value))
     return out
+
+
+def without_credentials(headers: RawHeaders) -> RawHeaders:
+    """`headers` without any credential header (the gateway signs the request itself)."""
+    return [(k, v) for k, v in headers if k not in CREDENTIAL_HEADERS]
 
 
 def without_key_param(query: bytes) -> bytes:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from majordomo.providers import ProviderModule, StreamParserLike
@@ -114,8 +114,11 @@ class Tee:
         max_event_size: int,
         max_decompressed_size: int,
         capture_limit: int | None,
+        decoded: bool = False,
     ) -> None:
         self._module = module
+        # Relay the decoded bytes, not the raw ones (for a translator, which reads them).
+        self._decoded = decoded
         self._path = path
         self._ok = 200 <= status < 300
         encoding = content_encoding.lower()
@@ -142,7 +145,12 @@ class Tee:
     def feed(self, raw: bytes) -> bytes:
         """Take one raw chunk from upstream; return the bytes to relay for it."""
         out = raw
-        pieces = self._decompressor.decode(raw) if self._decompressor is not None else (raw,)
+        pieces: Iterable[bytes] = (
+            self._decompressor.decode(raw) if self._decompressor is not None else (raw,)
+        )
+        if self._decoded and self._decompressor is not None:
+            pieces = list(pieces)
+            out = b"".join(pieces)
         for data in pieces:
             if self._parser is not None:
                 relayed = self._parser.feed(data)
