@@ -17,10 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-
 from majordomo.proxy.headers import RawHeaders
 
 SERVICE = "bedrock"
@@ -60,6 +56,11 @@ def sigv4_signed(
     headers: RawHeaders, *, method: str, url: str, body: bytes, keys: AwsKeys, region: str
 ) -> RawHeaders:
     """`headers` without the caller's signature, with one of ours for `url` and `body`."""
+    # botocore is imported on first use: a gateway that never signs does not pay its memory.
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     kept = without_signature(headers)
     signed = {
         name.decode("latin-1"): value.decode("latin-1") for name, value in kept if name in _SIGNED
