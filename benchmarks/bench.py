@@ -249,7 +249,46 @@ async def spawned(
         await stop_process(process)
 
 
-async def create_key(cwd: Path, env: dict[str, str]) -> str:
+# `--limits`: limits on the bench key far above what a run reaches, so that every request goes
+# through the lease machinery and none is refused.
+BENCH_LIMITS = ("--rpm", "10000000", "--tpm", "2000000000", "--budget", "1000000/day")
+
+
+async def set_bench_limits(cwd: Path, env: dict[str, str], key_id: str) -> None:
+    with trio.fail_after(START_TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "majordomo", "keys", "update", key_id, *BENCH_LIMITS],
+            env=env,
+            cwd=cwd,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"keys update failed: {result.stderr.decode(errors='replace')}")
+
+
+def lease_counters(url: str) -> str:
+    """What the gateway's /metrics says about its leases, for the results."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("majordomo_limit_") and "{" not in name and value:
+            values[name] = float(value)
+    taken = values.get("majordomo_limit_leases_taken_total", 0)
+    count = values.get("majordomo_limit_lease_seconds_count", 0)
+    mean = values.get("majordomo_limit_lease_seconds_sum", 0) / count * 1000 if count else 0
+    return (
+        f"{taken:.0f} leases taken ({mean:.2f} ms per round trip), "
+        f"{values.get('majordomo_limit_leases_returned_total', 0):.0f} returned"
+    )
+
+
+async def create_key(cwd: Path, env: dict[str, str]) -> tuple[str, str]:
     with trio.fail_after(START_TIMEOUT):
         result = await trio.run_process(
             [sys.executable, "-m", "majordomo", "keys", "create", "--name", "bench", "--json"],
@@ -261,7 +300,8 @@ async def create_key(cwd: Path, env: dict[str, str]) -> str:
         )
     if result.returncode != 0:
         raise RuntimeError(f"keys create failed: {result.stderr.decode(errors='replace')}")
-    return str(json.loads(result.stdout)["key"])
+    created = json.loads(result.stdout)
+    return str(created["key"]), str(created["id"])
 
 
 async def run_load(config: LoadConfig) -> Summary:
@@ -570,6 +610,7 @@ class Results:
     gateway_warnings: list[str] = field(default_factory=list)
     gateway_exit: int | None = None
     writer_report: str = ""
+    leases: str = ""  # with --limits: the gateway's lease counters at the end
 
     def pair(self, stream: bool, concurrency: int) -> tuple[Summary, Summary]:
         return (
@@ -728,6 +769,8 @@ def render(results: Results) -> str:
         rows = results.rows
         match = "match" if rows.total == results.sent_via_gateway else "**MISMATCH**"
         out.append(f"| requests sent through the gateway | {results.sent_via_gateway} |")
+        if results.leases:
+            out.append(f"| limits on the bench key (`--limits`) | {results.leases} |")
         out.append(
             f"| rows in `llm_requests` | {rows.total} ({match}); by status {rows.by_status}; with tokens {rows.with_tokens}, priced {rows.with_cost} |"
         )
@@ -831,7 +874,9 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
             )
             async with gateway_cm as gateway:
                 gateway_port = int(gateway.url.rpartition(":")[2])
-                key = await create_key(workdir, gateway_env)
+                key, key_id = await create_key(workdir, gateway_env)
+                if args.limits:
+                    await set_bench_limits(workdir, gateway_env, key_id)
                 pid = gateway.process.pid
                 results.start_rss_kb = read_status_kb(pid, "VmRSS")
                 print(
@@ -898,6 +943,10 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> Results:
                     results.sent_via_gateway += results.profile_run.sent
                     print(results.profile_summary, flush=True)
 
+                if args.limits:
+                    results.leases = await trio.to_thread.run_sync(lease_counters, gateway.url)
+                    print(f"limits: {results.leases}", flush=True)
+
                 results.peak_rss_kb = read_status_kb(pid, "VmHWM")
                 results.rows = await count_rows(
                     workdir / ".majordomo" / "pgdata", results.sent_via_gateway
@@ -946,6 +995,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "of the machine (120; 0: do not wait)",
     )
     parser.add_argument("--quick", action="store_true", help="2 s runs, no soak: a smoke check")
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="give the bench key rpm, tpm and budget limits it never reaches (docs/limits.md)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results document")
     parser.add_argument("--no-write", action="store_true", help="print only, write no document")
     parser.add_argument(

@@ -159,7 +159,7 @@ async def test_a_go_client_round_trips_a_key(
     )
     assert created.status_code == 201
     key = created.json()
-    assert set(key) == GO_KEY_FIELDS | {"key"}
+    assert set(key) == GO_KEY_FIELDS | {"key", "limits"}  # limits: ours, beyond the Go fields
     assert key["key"].startswith("mdm_sk_")
     assert key["user_id"] == str(alice)
     # The new key works at once, through the proxy.
@@ -171,7 +171,7 @@ async def test_a_go_client_round_trips_a_key(
         )
     assert answer.status_code == 200
     got = (await client.get(f"{ADMIN}/api-keys/{key['id']}", headers=headers)).json()
-    assert set(got) == GO_KEY_FIELDS
+    assert set(got) == GO_KEY_FIELDS | {"limits", "windows"}
     assert "key" not in got
     updated = await client.put(
         f"{ADMIN}/api-keys/{key['id']}", headers=headers, json={"name": "ci-2"}
@@ -183,6 +183,39 @@ async def test_a_go_client_round_trips_a_key(
     assert revoked.json()["is_active"] is False
     again = await client.delete(f"{ADMIN}/api-keys/{key['id']}", headers=headers)
     assert "already revoked" in error_of(again, 409)
+
+
+async def test_admins_set_limits_members_only_see_them(
+    client: httpx.AsyncClient, pg: PgAdmin, gateway: Gateway
+) -> None:
+    await add_user(pg, "alice")
+    await add_user(pg, "root", role="admin")
+    alice_h, root_h = [await token_for(client, u) for u in ("alice", "root")]
+    key = (await client.post(f"{ADMIN}/api-keys", headers=alice_h, json={"name": "a"})).json()
+    path = f"{ADMIN}/api-keys/{key['id']}"
+    limits = {"budget_usd": 25, "budget_period": "month", "rpm": 600}
+    refused = await client.put(path, headers=alice_h, json={"limits": limits})
+    assert error_of(refused, 403) == "only an admin sets a key's limits"
+    updated = await client.put(path, headers=root_h, json={"limits": limits})
+    assert updated.json()["limits"] == {**limits, "budget_usd": 25.0, "tpm": None}
+    # Fields left out keep their limit; null clears one.
+    again = await client.put(path, headers=root_h, json={"limits": {"rpm": None, "tpm": 1000}})
+    assert again.status_code == 200, again.text
+    assert again.json()["limits"] == {
+        "budget_usd": 25.0,
+        "budget_period": "month",
+        "rpm": None,
+        "tpm": 1000,
+    }
+    got = (await client.get(path, headers=alice_h)).json()
+    assert [(w["limit"], w["used"]) for w in got["windows"]] == [("tpm", 0), ("budget_usd", 0.0)]
+    assert got["windows"][1]["resets_at"].endswith("-01T00:00:00+00:00")
+    bad = await client.put(path, headers=root_h, json={"limits": {"rpm": 0}})
+    assert "whole number from 1 to 2147483647" in error_of(bad, 400)
+    audit = await pg.afetchval(
+        "SELECT details FROM admin_audit WHERE action = 'api_key.update' ORDER BY at DESC LIMIT 1"
+    )
+    assert '"tpm": 1000' in audit
 
 
 async def test_members_see_only_their_keys_admins_see_all(
@@ -220,7 +253,7 @@ async def test_proxy_keys_and_held_credentials_under_a_key(
     created = await client.post(base, headers=headers, json={"name": "customer-a"})
     assert created.status_code == 201
     proxy_key = created.json()
-    assert set(proxy_key) == GO_PROXY_KEY_FIELDS | {"key"}
+    assert set(proxy_key) == GO_PROXY_KEY_FIELDS | {"key", "limits"}  # limits: ours
     assert proxy_key["key"].startswith("mdm_pk_")
     assert [p["id"] for p in (await client.get(base, headers=headers)).json()] == [proxy_key["id"]]
     one = f"{base}/{proxy_key['id']}"

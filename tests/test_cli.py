@@ -108,7 +108,50 @@ def test_unknown_and_malformed_ids(run, command: str) -> None:  # type: ignore[n
 
 def test_update_without_changes_says_what_to_pass(run) -> None:  # type: ignore[no-untyped-def]
     key_id = run("keys", "create", "--name", "x", "--json").json()["id"]
-    assert_one_line_error(run("keys", "update", key_id), "pass --name NAME and/or --description")
+    assert_one_line_error(
+        run("keys", "update", key_id), "pass --name, --description, --budget, --rpm and/or --tpm"
+    )
+
+
+def test_limits_are_set_shown_and_cleared(run, pg: PgAdmin) -> None:  # type: ignore[no-untyped-def]
+    key_id = run("keys", "create", "--name", "limited", "--json").json()["id"]
+    updated = run(
+        "keys", "update", key_id, "--budget", "25/day", "--rpm", "600", "--tpm", "200000", "--json"
+    ).json()
+    assert updated["limits"] == {
+        "budget_usd": 25.0,
+        "budget_period": "day",
+        "rpm": 600,
+        "tpm": 200000,
+    }
+    pg.fetch(
+        "INSERT INTO llm_requests (id, majordomo_api_key_id, provider, model, request_path, "
+        "request_method, requested_at, responded_at, input_tokens, output_tokens, total_cost, "
+        "status_code) VALUES (gen_random_uuid(), $1, 'openai', 'gpt-4o', '/v1/chat/completions', "
+        "'POST', now(), now(), 10, 5, 0.25, 200)",
+        uuid.UUID(key_id),
+    )
+    got = run("keys", "get", key_id, "--json").json()
+    windows = {w["limit"]: w for w in got["windows"]}
+    assert windows["rpm"]["used"] == 1
+    assert windows["tpm"]["used"] == 15
+    assert windows["budget_usd"] == windows["budget_usd"] | {"value": 25.0, "used": 0.25}
+    assert windows["budget_usd"]["resets_at"].endswith("T00:00:00+00:00")
+    text = run("keys", "get", key_id).out
+    assert "budget $25/day, rpm 600, tpm 200000" in text
+    assert "$0.2500 of $25.00 used" in text
+    # One option changes one limit; none clears it.
+    cleared = run("keys", "update", key_id, "--budget", "none", "--json").json()
+    assert cleared["limits"] == {
+        "budget_usd": None,
+        "budget_period": None,
+        "rpm": 600,
+        "tpm": 200000,
+    }
+    assert_one_line_error(
+        run("keys", "update", key_id, "--rpm", "-3"), "--rpm as a whole number from 1"
+    )
+    assert_one_line_error(run("keys", "update", key_id, "--budget", "lots"), "25/day")
 
 
 def test_database_unreachable_is_one_line(run) -> None:  # type: ignore[no-untyped-def]

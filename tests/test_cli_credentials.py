@@ -56,7 +56,7 @@ def test_proxy_keys_lifecycle_with_the_go_flags(run, pg: PgAdmin) -> None:  # ty
     assert [p["id"] for p in listed] == [proxy_id.group(1)]
     assert set(listed[0]) == {
         "id", "name", "description", "majordomo_api_key_id", "is_active", "created_at",
-        "revoked_at", "last_used_at", "request_count",
+        "revoked_at", "last_used_at", "request_count", "limits",
     }  # fmt: skip
     assert run("proxy-keys", "list", "--majordomo-key-id", str(uuid.uuid4()), "--json").json() == []
     shown = run("proxy-keys", "get", "--json", proxy_id.group(1)).json()  # flags before the id

@@ -172,7 +172,7 @@ def test_sizes(raw: object, size: int) -> None:
         (
             {"serverr": {"port": 1}},
             {},
-            "unknown setting 'serverr.port'; sections are auth, cors, jwt, logging,",
+            "unknown setting 'serverr.port'; sections are auth, cors, jwt, limits, logging,",
         ),
     ],
 )

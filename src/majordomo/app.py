@@ -84,6 +84,8 @@ def create_app(state: GatewayState) -> Any:
         upstreams=Upstreams.from_settings(state.settings),
         spool=state.spool,
         metrics=state.metrics,
+        limits=state.limits,
+        prices=state.prices,
     )
 
     cors = CorsPolicy.from_origins(state.settings.cors.allowed_origins)

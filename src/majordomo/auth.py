@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import trio
 
 from majordomo.errors import DatabaseUnavailable, Unauthorized
+from majordomo.limits import NO_LIMITS, Limits
 
 KEY_PREFIX = "mdm_sk_"
 _KEY_RE = re.compile(r"^mdm_sk_[A-Za-z0-9_-]{43}$")
@@ -55,6 +56,7 @@ class KeyStatus:
 
     key_id: uuid.UUID
     is_active: bool
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,10 @@ class KeyCache:
 
     async def authenticate(self, header: str | None) -> uuid.UUID:
         """The id of the active key in `header`; raises `Unauthorized` or `DatabaseUnavailable`."""
+        return (await self.status(header)).key_id
+
+    async def status(self, header: str | None) -> KeyStatus:
+        """The active key in `header`, with its limits; raises like `authenticate`."""
         if not header:
             raise Unauthorized(MISSING_KEY)
         if not is_well_formed(header):
@@ -132,7 +138,7 @@ class KeyCache:
             raise Unauthorized(UNKNOWN_KEY)
         if not status.is_active:
             raise Unauthorized(REVOKED_KEY)
-        return status.key_id
+        return status
 
     def _remember(self, key_hash: str, status: KeyStatus | None, now: float) -> None:
         if status is not None:

@@ -602,6 +602,16 @@ class JwtSettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    fail_open: bool = _setting(
+        False,
+        parse_bool,
+        "with the database away and a key's lease spent: admit requests over an unknown limit "
+        "(logging a warning) instead of refusing them with 503",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -613,6 +623,7 @@ class Settings:
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
 # ---------------------------------------------------------------------------------------------

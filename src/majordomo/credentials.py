@@ -32,6 +32,7 @@ import trio
 
 from majordomo.db.credentials import API_KEY, PROXY_KEY, ProxyKeyLookup
 from majordomo.errors import DatabaseUnavailable, Unauthorized
+from majordomo.limits import NO_LIMITS, Limits
 from majordomo.vault import CREDENTIALS_OFF, CannotOpen, Vault
 
 PROXY_KEY_PREFIX = "mdm_pk_"
@@ -57,6 +58,7 @@ class Held:
 
     secret: str
     proxy_key_id: uuid.UUID | None = None
+    limits: Limits = NO_LIMITS  # the proxy key's
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class _Lookup:
     is_active: bool
     secret: str | None  # opened; None: no credential for the provider
     unreadable: str | None  # why a stored credential could not be opened
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,7 @@ class HeldCredentials:
                 f"proxy key {lookup.proxy_key_id} holds no {provider} credential; add one with "
                 + _set_provider_hint("proxy-keys", provider)
             )
-        return Held(lookup.secret, lookup.proxy_key_id)
+        return Held(lookup.secret, lookup.proxy_key_id, lookup.limits)
 
     async def for_key(self, key_id: uuid.UUID, provider: str) -> Held:
         """The credential held for Majordomo key `key_id` and `provider`, else the gateway's
@@ -179,7 +182,9 @@ class HeldCredentials:
         if found is None:
             return None
         secret, unreadable = self._open(found.encrypted_key, PROXY_KEY.context(found.id, provider))
-        return _Lookup(found.id, found.majordomo_api_key_id, found.is_active, secret, unreadable)
+        return _Lookup(
+            found.id, found.majordomo_api_key_id, found.is_active, secret, unreadable, found.limits
+        )
 
     async def _key_lookup(self, key_id: str, provider: str) -> _Lookup:
         owner = uuid.UUID(key_id)

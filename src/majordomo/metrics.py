@@ -60,6 +60,12 @@ class Metrics:
     requests: dict[tuple[str, int], int] = field(default_factory=dict)
     request_latency: dict[str, Histogram] = field(default_factory=dict)
     queue_depth: Callable[[], int] = lambda: 0
+    # limits.py: refusals by limit kind, leases taken and given back, a lease's round trip.
+    limit_refusals: dict[str, int] = field(default_factory=dict)
+    limit_leases_taken: int = 0
+    limit_leases_returned: int = 0
+    limit_lease_latency: Histogram = field(default_factory=lambda: Histogram(WRITE_BUCKETS))
+    limit_admitted_open: int = 0
 
     def observe_request(self, provider: str, status: int, seconds: float) -> None:
         key = (provider, status)
@@ -108,6 +114,36 @@ class Metrics:
             "majordomo_log_quarantined_total",
             "Spooled lines or records that could not be stored, set aside.",
             self.records_quarantined,
+        )
+        metric(
+            "majordomo_limit_refusals_total",
+            "counter",
+            "Requests refused (429) by a key's limit, by kind (requests, tokens, usd).",
+            [
+                f'majordomo_limit_refusals_total{{kind="{kind}"}} {count}'
+                for kind, count in sorted(self.limit_refusals.items())
+            ],
+        )
+        counter(
+            "majordomo_limit_leases_taken_total",
+            "Leases taken from the shared limit windows.",
+            self.limit_leases_taken,
+        )
+        counter(
+            "majordomo_limit_leases_returned_total",
+            "Unused leases given back (window rolled over, gateway stopping).",
+            self.limit_leases_returned,
+        )
+        metric(
+            "majordomo_limit_lease_seconds",
+            "histogram",
+            "Round trip of one lease.",
+            self.limit_lease_latency.render("majordomo_limit_lease_seconds"),
+        )
+        counter(
+            "majordomo_limit_admitted_open_total",
+            "Requests admitted over an unknown limit with the database away (limits.fail_open).",
+            self.limit_admitted_open,
         )
         counter(
             "majordomo_metadata_dropped_total",

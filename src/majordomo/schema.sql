@@ -234,3 +234,27 @@ CREATE TABLE IF NOT EXISTS admin_audit (
 CREATE INDEX IF NOT EXISTS admin_audit_at_idx ON admin_audit (at DESC);
 
 INSERT INTO majordomo_schema (version) VALUES (6) ON CONFLICT (version) DO NOTHING;
+
+-- Version 7: budgets and rate limits per key (limits.py). Each key's limits, and the shared
+-- state of each (key, kind, window): its capacity and what gateways have leased of it.
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS budget_usd numeric CHECK (budget_usd >= 0);
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS budget_period text
+    CHECK (budget_period IN ('day', 'month'));
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS rpm integer CHECK (rpm > 0);
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS tpm integer CHECK (tpm > 0);
+ALTER TABLE proxy_keys ADD COLUMN IF NOT EXISTS budget_usd numeric CHECK (budget_usd >= 0);
+ALTER TABLE proxy_keys ADD COLUMN IF NOT EXISTS budget_period text
+    CHECK (budget_period IN ('day', 'month'));
+ALTER TABLE proxy_keys ADD COLUMN IF NOT EXISTS rpm integer CHECK (rpm > 0);
+ALTER TABLE proxy_keys ADD COLUMN IF NOT EXISTS tpm integer CHECK (tpm > 0);
+
+CREATE TABLE IF NOT EXISTS limit_windows (
+    owner_id      uuid NOT NULL,               -- the key (or proxy key) the limit is on
+    kind          text NOT NULL CHECK (kind IN ('requests', 'tokens', 'usd')),
+    window_start  timestamptz NOT NULL,
+    capacity      numeric NOT NULL,
+    granted       numeric NOT NULL DEFAULT 0,  -- leased to gateways, less what they gave back
+    PRIMARY KEY (owner_id, kind, window_start)
+);
+
+INSERT INTO majordomo_schema (version) VALUES (7) ON CONFLICT (version) DO NOTHING;

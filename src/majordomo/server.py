@@ -39,6 +39,7 @@ from majordomo.config import PostgresSettings, Settings
 from majordomo.credentials import HeldCredentials
 from majordomo.db import Database, describe, open_database
 from majordomo.errors import MajordomoError
+from majordomo.limits import LeaseManager
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import Metrics
 from majordomo.pricing import PriceBook, refresh_prices
@@ -67,6 +68,7 @@ class GatewayState:
     metrics: Metrics
     bodies: BodyStore
     prices: PriceBook
+    limits: LeaseManager
     vault: Vault | None = None  # None: held credentials are off
     jwt_secret: str | None = None  # None: the admin API is off
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
@@ -255,6 +257,12 @@ async def _run(
                 queue_depth=lambda: receive.statistics().current_buffer_used,
                 body_uploads_failed=lambda: bodies.failed_uploads,
             )
+            limits = LeaseManager(
+                db.limits.lease,
+                db.limits.give_back,
+                fail_open=settings.limits.fail_open,
+                metrics=metrics,
+            )
             state = GatewayState(
                 settings=settings,
                 db=db,
@@ -266,6 +274,7 @@ async def _run(
                 metrics=metrics,
                 bodies=bodies,
                 prices=prices,
+                limits=limits,
                 vault=vault,
                 jwt_secret=secret,
             )
@@ -295,6 +304,7 @@ async def _supervise(
         state.shutting_down = True  # readiness answers 503 from here on
 
     async with trio.open_nursery() as background:
+        await background.start(state.limits.run)  # gives unused leases back when cancelled
         for task in background_tasks:
             await background.start(task, state)
         async with trio.open_nursery() as writers:

@@ -35,6 +35,7 @@ from majordomo.db.credentials import API_KEY, PROXY_KEY, Owner
 from majordomo.db.reports import LogFilter
 from majordomo.db.users import ROLES, check_username
 from majordomo.errors import DatabaseUnavailable, MajordomoError, Unauthorized
+from majordomo.limits import MAX_RATE, Limits
 from majordomo.passwords import check_strength, hash_password, needs_rehash, verify_password
 from majordomo.providers import PROVIDER_NAMES
 from majordomo.vault import CREDENTIALS_OFF, hint
@@ -273,7 +274,47 @@ async def create_key(call: Call) -> tuple[Any, int]:
 
 
 async def get_key(call: Call, id: str) -> tuple[Any, int]:
-    return (await owned_key(call, id)).as_json(), 200
+    key = await owned_key(call, id)
+    windows = await call.state.db.limits.windows(key.id, key.limits, datetime.now(UTC))
+    return {**key.as_json(), "windows": windows}, 200
+
+
+def _limits(body: dict[str, Any], current: Limits) -> Limits | None:
+    """The `limits` object of a request body over a key's current limits; None when absent.
+    Each field given replaces that limit (null clears it); fields left out keep theirs."""
+    raw = body.get("limits")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise bad_request("'limits' must be an object: {budget_usd, budget_period, rpm, tpm}")
+    unknown = set(raw) - {"budget_usd", "budget_period", "rpm", "tpm"}
+    if unknown:
+        raise bad_request(
+            f"unknown limit {sorted(unknown)[0]!r}; limits are budget_usd, budget_period, rpm, tpm"
+        )
+    for name in ("rpm", "tpm"):
+        value = raw.get(name)
+        if value is not None and (type(value) is not int or not 0 < value <= MAX_RATE):
+            raise bad_request(
+                f"'limits.{name}' must be a whole number from 1 to {MAX_RATE}, or null"
+            )
+    budget: Decimal | None = current.budget_usd
+    if "budget_usd" in raw:
+        given = raw["budget_usd"]
+        if given is not None and (type(given) not in (int, float) or given < 0):
+            raise bad_request(
+                "'limits.budget_usd' must be a number of dollars (0 or more), or null"
+            )
+        budget = Decimal(str(given)) if given is not None else None
+    period = raw.get("budget_period", current.budget_period or "day")
+    if period not in ("day", "month"):
+        raise bad_request("'limits.budget_period' must be 'day' or 'month'")
+    return Limits(
+        budget_usd=budget,
+        budget_period=period if budget is not None else None,
+        rpm=raw.get("rpm", current.rpm),
+        tpm=raw.get("tpm", current.tpm),
+    )
 
 
 async def update_key(call: Call, id: str) -> tuple[Any, int]:
@@ -282,8 +323,16 @@ async def update_key(call: Call, id: str) -> tuple[Any, int]:
     if name is not None and not name.strip():
         raise bad_request("'name' must not be empty")
     description = text(call.body, "description", required=False, limit=2000)
+    limits = _limits(call.body, key.limits)
+    if limits is not None and not call.me.is_admin:
+        raise ApiError(403, "only an admin sets a key's limits", "permission_error")
     updated = await call.state.db.keys.update(key.id, name=name, description=description)
-    await call.audit("api_key.update", "api_key", key.id, name=name, description=description)
+    if limits is not None:
+        updated = await call.state.db.keys.set_limits(key.id, limits)
+    details: dict[str, Any] = {"name": name, "description": description}
+    if limits is not None:
+        details["limits"] = limits.as_json()
+    await call.audit("api_key.update", "api_key", key.id, **details)
     return updated.as_json(), 200
 
 
@@ -373,7 +422,24 @@ async def admin_create_proxy_key(call: Call, id: str) -> tuple[Any, int]:
 
 async def admin_get_proxy_key(call: Call, id: str, pk_id: str) -> tuple[Any, int]:
     key = await owned_key(call, id)
-    return (await proxy_key_of(call, key.id, pk_id)).as_json(), 200
+    proxy_key = await proxy_key_of(call, key.id, pk_id)
+    windows = await call.state.db.limits.windows(
+        proxy_key.id, proxy_key.limits, datetime.now(UTC), proxy_key=True
+    )
+    return {**proxy_key.as_json(), "windows": windows}, 200
+
+
+async def admin_update_proxy_key(call: Call, id: str, pk_id: str) -> tuple[Any, int]:
+    key = await owned_key(call, id)
+    proxy_key = await proxy_key_of(call, key.id, pk_id)
+    limits = _limits(call.body, proxy_key.limits)
+    if limits is None:
+        raise bad_request("nothing to update; send a 'limits' object")
+    if not call.me.is_admin:
+        raise ApiError(403, "only an admin sets a proxy key's limits", "permission_error")
+    updated = await call.state.db.credentials.set_proxy_key_limits(proxy_key.id, limits)
+    await call.audit("proxy_key.update", "proxy_key", proxy_key.id, limits=limits.as_json())
+    return updated.as_json(), 200
 
 
 async def admin_revoke_proxy_key(call: Call, id: str, pk_id: str) -> tuple[Any, int]:
@@ -679,7 +745,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{ADMIN}/api-keys", "user", "Your keys (admins: all, or ?user_id=)", list_keys),
     Route("POST", f"{ADMIN}/api-keys", "user", "Create a key; the plaintext is in `key`, once", create_key, ("name", "description", "user_id")),
     Route("GET", KEY, "user", "One key", get_key),
-    Route("PUT", KEY, "user", "Rename or describe a key", update_key, ("name", "description")),
+    Route("PUT", KEY, "user", "Rename or describe a key; admins set its limits", update_key, ("name", "description", "limits")),
     Route("DELETE", KEY, "user", "Revoke a key", revoke_key),
     Route("GET", f"{KEY}/providers", "user", "Credentials held for a key (hints)", key_list_providers),
     Route("PUT", f"{KEY}/providers/{{provider}}", "user", "Hold a credential for a key", key_set_provider, ("api_key",)),
@@ -690,6 +756,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{KEY}/proxy-keys", "user", "A key's proxy keys", admin_list_proxy_keys),
     Route("POST", f"{KEY}/proxy-keys", "user", "Create a proxy key; the plaintext is in `key`, once", admin_create_proxy_key, ("name", "description")),
     Route("GET", PK, "user", "One proxy key", admin_get_proxy_key),
+    Route("PUT", PK, "user", "Set a proxy key's limits (admins)", admin_update_proxy_key, ("limits",)),
     Route("DELETE", PK, "user", "Revoke a proxy key", admin_revoke_proxy_key),
     Route("GET", f"{PK}/providers", "user", "A proxy key's credentials (hints)", admin_list_providers),
     Route("PUT", f"{PK}/providers/{{provider}}", "user", "Hold a credential for a proxy key", admin_set_provider, ("api_key",)),

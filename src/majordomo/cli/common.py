@@ -18,6 +18,7 @@ from majordomo import config
 from majordomo.config import PostgresSettings, Settings
 from majordomo.db import Database, open_database
 from majordomo.embedded import start_embedded
+from majordomo.limits import Limits
 from majordomo.logconfig import configure_logging
 
 T = TypeVar("T")
@@ -81,3 +82,29 @@ def run_with_database(ctx: Context, action: Callable[[Database], Awaitable[T]]) 
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+BudgetOption = Annotated[
+    str | None, cyclopts.Parameter(help="A spend budget: 25/day, 100/month, or none.")
+]
+RpmOption = Annotated[str | None, cyclopts.Parameter(help="Requests per minute, or none.")]
+TpmOption = Annotated[
+    str | None, cyclopts.Parameter(help="Tokens (input + output) per minute, or none.")
+]
+
+
+def limit_lines(limits: Limits, windows: list[dict[str, Any]]) -> list[str]:
+    """A key's limits and what each current window used, for `get`."""
+    budget = (
+        f"${limits.budget_usd}/{limits.budget_period}" if limits.budget_usd is not None else "none"
+    )
+    lines = [
+        f"limits:        budget {budget}, rpm {limits.rpm or 'none'}, tpm {limits.tpm or 'none'}"
+    ]
+    for w in windows:
+        value, used = w["value"], w["used"]
+        shown = (
+            f"${used:.4f} of ${value:.2f}" if w["limit"] == "budget_usd" else f"{used} of {value}"
+        )
+        lines.append(f"  {w['limit']:<12} {shown} used, resets {w['resets_at']}")
+    return lines

@@ -4,16 +4,28 @@ provider credentials held for a key (`set-provider`, `remove-provider`, `list-pr
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import cyclopts
 
 from majordomo.auth import generate_key, hash_key
-from majordomo.cli.common import ConfigOption, JsonFlag, prepare, print_json, run_with_database
+from majordomo.cli.common import (
+    BudgetOption,
+    ConfigOption,
+    JsonFlag,
+    RpmOption,
+    TpmOption,
+    limit_lines,
+    prepare,
+    print_json,
+    run_with_database,
+)
 from majordomo.cli.held import add_held_credential_commands
 from majordomo.db import ApiKey, Database
 from majordomo.db.credentials import API_KEY
 from majordomo.errors import MajordomoError
+from majordomo.limits import NO_LIMITS, updated
 
 keys_app = cyclopts.App(name="keys", help="Manage Majordomo API keys.")
 
@@ -29,7 +41,7 @@ def parse_key_id(raw: str) -> uuid.UUID:
         ) from None
 
 
-def _describe(key: ApiKey) -> str:
+def _describe(key: ApiKey, windows: list[dict[str, Any]] | None = None) -> str:
     status = "active" if key.is_active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M:%S %Z}"
     lines = [
         f"id:            {key.id}",
@@ -41,6 +53,7 @@ def _describe(key: ApiKey) -> str:
         f"last used:     {key.last_used_at or 'never'}",
         f"requests:      {key.request_count}",
     ]
+    lines += limit_lines(key.limits, windows or [])
     return "\n".join(lines)
 
 
@@ -102,11 +115,12 @@ def get(key_id: KeyId, /, *, json: JsonFlag = False, config: ConfigOption = None
     parsed = parse_key_id(key_id)
     ctx = prepare(config, log_level="warning")
 
-    async def action(db: Database) -> ApiKey:
-        return await db.keys.get(parsed)
+    async def action(db: Database) -> tuple[ApiKey, list[dict[str, Any]]]:
+        key = await db.keys.get(parsed)
+        return key, await db.limits.windows(key.id, key.limits, datetime.now(UTC))
 
-    key = run_with_database(ctx, action)
-    print_json(key.as_json()) if json else print(_describe(key))
+    key, windows = run_with_database(ctx, action)
+    print_json({**key.as_json(), "windows": windows}) if json else print(_describe(key, windows))
 
 
 @keys_app.command
@@ -116,19 +130,34 @@ def update(
     *,
     name: str | None = None,
     description: str | None = None,
+    budget: BudgetOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
     json: JsonFlag = False,
     config: ConfigOption = None,
 ) -> None:
-    """Change a key's name or description (options may come before or after the id)."""
+    """Change a key's name, description or limits (options may come before or after the id);
+    limits hold across every gateway at once (docs/limits.md)."""
     parsed = parse_key_id(key_id)
-    if name is None and description is None:
-        raise MajordomoError("nothing to update; pass --name NAME and/or --description TEXT")
+    if name is None and description is None and budget is None and rpm is None and tpm is None:
+        raise MajordomoError(
+            "nothing to update; pass --name, --description, --budget, --rpm and/or --tpm"
+        )
     if name is not None and not name.strip():
         raise MajordomoError("--name must not be empty")
+    try:
+        updated(NO_LIMITS, budget, rpm, tpm)  # malformed values fail before any connection
+    except ValueError as exc:
+        raise MajordomoError(str(exc)) from None
     ctx = prepare(config, log_level="warning")
 
     async def action(db: Database) -> ApiKey:
-        return await db.keys.update(parsed, name=name, description=description)
+        key = await db.keys.get(parsed)
+        if name is not None or description is not None:
+            key = await db.keys.update(parsed, name=name, description=description)
+        if budget is not None or rpm is not None or tpm is not None:
+            key = await db.keys.set_limits(parsed, updated(key.limits, budget, rpm, tpm))
+        return key
 
     key = run_with_database(ctx, action)
     print_json(key.as_json()) if json else print(f"Updated key {key.id}.\n{_describe(key)}")

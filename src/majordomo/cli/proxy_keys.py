@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import cyclopts
 
-from majordomo.cli.common import ConfigOption, JsonFlag, prepare, print_json, run_with_database
+from majordomo.cli.common import (
+    BudgetOption,
+    ConfigOption,
+    JsonFlag,
+    RpmOption,
+    TpmOption,
+    limit_lines,
+    prepare,
+    print_json,
+    run_with_database,
+)
 from majordomo.cli.held import add_held_credential_commands
 from majordomo.cli.keys import parse_key_id
 from majordomo.credentials import generate_proxy_key, hash_proxy_key
 from majordomo.db import Database, ProxyKey
 from majordomo.db.credentials import PROXY_KEY
 from majordomo.errors import MajordomoError
+from majordomo.limits import NO_LIMITS, updated
 
 proxy_keys_app = cyclopts.App(
     name="proxy-keys",
@@ -41,7 +53,7 @@ def parse_proxy_key_id(raw: str) -> uuid.UUID:
         ) from None
 
 
-def _describe(key: ProxyKey) -> str:
+def _describe(key: ProxyKey, windows: list[dict[str, Any]] | None = None) -> str:
     status = "active" if key.is_active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M:%S %Z}"
     return "\n".join(
         [
@@ -53,6 +65,7 @@ def _describe(key: ProxyKey) -> str:
             f"created:       {key.created_at:%Y-%m-%d %H:%M:%S %Z}",
             f"last used:     {key.last_used_at or 'never'}",
             f"requests:      {key.request_count}",
+            *limit_lines(key.limits, windows or []),
         ]
     )
 
@@ -132,11 +145,43 @@ def get(
     parsed = parse_proxy_key_id(proxy_key_id)
     ctx = prepare(config, log_level="warning")
 
+    async def action(db: Database) -> tuple[ProxyKey, list[dict[str, Any]]]:
+        key = await db.credentials.get_proxy_key(parsed)
+        now = datetime.now(UTC)
+        return key, await db.limits.windows(key.id, key.limits, now, proxy_key=True)
+
+    key, windows = run_with_database(ctx, action)
+    print_json({**key.as_json(), "windows": windows}) if json else print(_describe(key, windows))
+
+
+@proxy_keys_app.command
+def update(
+    proxy_key_id: ProxyKeyId,
+    /,
+    *,
+    budget: BudgetOption = None,
+    rpm: RpmOption = None,
+    tpm: TpmOption = None,
+    json: JsonFlag = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set a proxy key's limits, on top of its Majordomo key's (docs/limits.md)."""
+    parsed = parse_proxy_key_id(proxy_key_id)
+    if budget is None and rpm is None and tpm is None:
+        raise MajordomoError("nothing to update; pass --budget, --rpm and/or --tpm")
+    try:
+        updated(NO_LIMITS, budget, rpm, tpm)  # malformed values fail before any connection
+    except ValueError as exc:
+        raise MajordomoError(str(exc)) from None
+    ctx = prepare(config, log_level="warning")
+
     async def action(db: Database) -> ProxyKey:
-        return await db.credentials.get_proxy_key(parsed)
+        key = await db.credentials.get_proxy_key(parsed)
+        limits = updated(key.limits, budget, rpm, tpm)
+        return await db.credentials.set_proxy_key_limits(parsed, limits)
 
     key = run_with_database(ctx, action)
-    print_json(key.as_json()) if json else print(_describe(key))
+    print_json(key.as_json()) if json else print(f"Updated proxy key {key.id}.\n{_describe(key)}")
 
 
 @proxy_keys_app.command

@@ -30,6 +30,7 @@ from trio_asyncio import aio_as_trio
 from majordomo.config import PostgresSettings
 from majordomo.db.credentials import CredentialQueries, Mapping, ProxyKey
 from majordomo.db.keys import ApiKey, KeyQueries
+from majordomo.db.limits import LimitQueries
 from majordomo.db.metadata import MetadataKey, MetadataQueries
 from majordomo.db.reports import ReportQueries
 from majordomo.db.requests import RequestQueries, storable_text
@@ -55,7 +56,7 @@ log = logging.getLogger("majordomo.db")
 T = TypeVar("T")
 
 # The version recorded by the last statement of schema.sql.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Any two gateways migrating at once serialise on this advisory lock ("mdm" in ASCII).
 _MIGRATE_LOCK_ID = 0x6D646D
 # How often a notification connection checks that it is still alive, in seconds.
@@ -95,6 +96,7 @@ class Database:
         self.metadata = MetadataQueries(self)
         self.requests = RequestQueries(self)
         self.reports = ReportQueries(self)
+        self.limits = LimitQueries(self)
 
     @contextmanager
     def translated(self, *, stores_rows: bool = False) -> Iterator[None]:

@@ -16,7 +16,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from majordomo.db.keys import iso
+from majordomo.db.limits import limits_from_row
 from majordomo.errors import MajordomoError
+from majordomo.limits import NO_LIMITS, Limits
 
 if TYPE_CHECKING:
     import asyncpg
@@ -27,7 +29,7 @@ CREDENTIALS_CHANNEL = "majordomo_credentials"
 
 _PROXY_COLUMNS = (
     "id, name, description, majordomo_api_key_id, is_active, created_at, revoked_at, "
-    "last_used_at, request_count"
+    "last_used_at, request_count, budget_usd, budget_period, rpm, tpm"
 )
 
 
@@ -42,10 +44,12 @@ class ProxyKey:
     revoked_at: datetime | None
     last_used_at: datetime | None
     request_count: int
+    limits: Limits = NO_LIMITS
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> ProxyKey:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        fields = {k: row[k] for k in cls.__dataclass_fields__ if k != "limits"}
+        return cls(**fields, limits=limits_from_row(row))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +62,7 @@ class ProxyKey:
             "revoked_at": iso(self.revoked_at),
             "last_used_at": iso(self.last_used_at),
             "request_count": self.request_count,
+            "limits": self.limits.as_json(),
         }
 
 
@@ -109,6 +114,7 @@ class ProxyKeyLookup:
     majordomo_api_key_id: uuid.UUID
     is_active: bool
     encrypted_key: str | None  # None: no credential for that provider
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +205,8 @@ class CredentialQueries:
         """The proxy key with this hash and its sealed credential for `provider`, or None."""
         row = await self._db.fetchrow(
             """
-            SELECT p.id, p.majordomo_api_key_id, p.is_active, m.encrypted_key
+            SELECT p.id, p.majordomo_api_key_id, p.is_active, m.encrypted_key,
+                   p.budget_usd, p.budget_period, p.rpm, p.tpm
               FROM proxy_keys AS p
               LEFT JOIN proxy_key_provider_mappings AS m
                 ON m.proxy_key_id = p.id AND m.provider = $2
@@ -211,8 +218,33 @@ class CredentialQueries:
         if row is None:
             return None
         return ProxyKeyLookup(
-            row["id"], row["majordomo_api_key_id"], row["is_active"], row["encrypted_key"]
+            row["id"],
+            row["majordomo_api_key_id"],
+            row["is_active"],
+            row["encrypted_key"],
+            limits_from_row(row),
         )
+
+    async def set_proxy_key_limits(self, proxy_key_id: uuid.UUID, limits: Limits) -> ProxyKey:
+        """Set every limit of a proxy key (None clears one); every gateway sees it at once."""
+        row = await self._db.fetchrow(
+            f"""
+            WITH updated AS (
+                UPDATE proxy_keys SET budget_usd = $2, budget_period = $3, rpm = $4, tpm = $5
+                 WHERE id = $1
+             RETURNING id
+            )
+            SELECT pg_notify('{CREDENTIALS_CHANNEL}', id::text) AS _ FROM updated
+            """,
+            proxy_key_id,
+            limits.budget_usd,
+            limits.budget_period if limits.budget_usd is not None else None,
+            limits.rpm,
+            limits.tpm,
+        )
+        if row is None:
+            raise unknown_proxy_key(proxy_key_id)
+        return await self.get_proxy_key(proxy_key_id)
 
     # -- mappings, for either owner --------------------------------------------------------
 

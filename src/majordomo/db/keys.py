@@ -9,7 +9,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from majordomo.auth import KeyStatus
+from majordomo.db.limits import limits_from_row
 from majordomo.errors import MajordomoError
+from majordomo.limits import NO_LIMITS, Limits
 
 if TYPE_CHECKING:
     import asyncpg
@@ -20,7 +22,8 @@ if TYPE_CHECKING:
 KEYS_CHANNEL = "majordomo_keys"
 
 _COLUMNS = (
-    "id, name, description, user_id, is_active, created_at, revoked_at, last_used_at, request_count"
+    "id, name, description, user_id, is_active, created_at, revoked_at, last_used_at, "
+    "request_count, budget_usd, budget_period, rpm, tpm"
 )
 
 
@@ -39,10 +42,12 @@ class ApiKey:
     revoked_at: datetime | None
     last_used_at: datetime | None
     request_count: int
+    limits: Limits = NO_LIMITS
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> ApiKey:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        fields = {k: row[k] for k in cls.__dataclass_fields__ if k != "limits"}
+        return cls(**fields, limits=limits_from_row(row))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +60,7 @@ class ApiKey:
             "revoked_at": iso(self.revoked_at),
             "last_used_at": iso(self.last_used_at),
             "request_count": self.request_count,
+            "limits": self.limits.as_json(),
         }
 
 
@@ -120,6 +126,27 @@ class KeyQueries:
             raise unknown_key(key_id)
         return ApiKey.from_row(row)
 
+    async def set_limits(self, key_id: uuid.UUID, limits: Limits) -> ApiKey:
+        """Set every limit of a key (None clears one); every gateway sees it at once."""
+        row = await self._db.fetchrow(
+            f"""
+            WITH updated AS (
+                UPDATE api_keys SET budget_usd = $2, budget_period = $3, rpm = $4, tpm = $5
+                 WHERE id = $1
+             RETURNING {_COLUMNS}, key_hash
+            )
+            SELECT {_COLUMNS}, pg_notify('{KEYS_CHANNEL}', key_hash) AS _ FROM updated
+            """,
+            key_id,
+            limits.budget_usd,
+            limits.budget_period if limits.budget_usd is not None else None,
+            limits.rpm,
+            limits.tpm,
+        )
+        if row is None:
+            raise unknown_key(key_id)
+        return ApiKey.from_row(row)
+
     async def revoke(self, key_id: uuid.UUID) -> ApiKey:
         """Deactivate a key for good and tell every gateway to forget it at once."""
         row = await self._db.fetchrow(
@@ -148,9 +175,13 @@ class KeyQueries:
     async def find(self, key_hash: str) -> KeyStatus | None:
         """The id and state of the key with this hash, or None (the auth cache's lookup)."""
         row = await self._db.fetchrow(
-            "SELECT id, is_active FROM api_keys WHERE key_hash = $1", key_hash
+            "SELECT id, is_active, budget_usd, budget_period, rpm, tpm FROM api_keys "
+            "WHERE key_hash = $1",
+            key_hash,
         )
-        return KeyStatus(row["id"], row["is_active"]) if row is not None else None
+        if row is None:
+            return None
+        return KeyStatus(row["id"], row["is_active"], limits_from_row(row))
 
     async def listen_for_changes(self, on_change: Callable[[str | None], None]) -> None:
         """Call `on_change(key_hash)` for every key revoked or changed (None: anything may

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 import httpx
@@ -30,8 +31,19 @@ from majordomo.auth import KEY_PREFIX, KeyCache
 from majordomo.config import Settings
 from majordomo.credentials import PROXY_KEY_PREFIX, HeldCredentials
 from majordomo.errors import DatabaseUnavailable, Unauthorized
+from majordomo.limits import (
+    NO_LIMITS,
+    LeaseManager,
+    Limits,
+    LimitsExceeded,
+    Refusal,
+    Reservation,
+    estimate_tokens,
+)
 from majordomo.metrics import Metrics
+from majordomo.pricing import PriceBook
 from majordomo.providers import PROVIDER_NAMES, Alias, ProviderModule, RequestInfo, anthropic_openai
+from majordomo.providers.common import load_json_object
 from majordomo.proxy.awssign import (
     AwsKeys,
     aws_keys,
@@ -59,7 +71,7 @@ from majordomo.proxy.outcome import CLIENT_CLOSED_REQUEST, Incoming, Outcome, bu
 from majordomo.proxy.tee import Tee, TeeResult
 from majordomo.proxy.translation import AnswerTranslator
 from majordomo.proxy.upstream import Upstream, Upstreams, check_target
-from majordomo.records import RequestRecord
+from majordomo.records import RequestRecord, Usage
 from majordomo.spool import Spool
 
 log = logging.getLogger("majordomo.proxy")
@@ -86,6 +98,8 @@ class ProxyContext:
     upstreams: Upstreams
     spool: Spool
     metrics: Metrics
+    limits: LeaseManager
+    prices: PriceBook
     timeout: dict[str, float | None] = field(init=False)
     keep_bodies: bool = field(init=False)
 
@@ -113,6 +127,14 @@ class _Reply(Exception):
         self.message = message
 
 
+class _Limited(_Reply):
+    """Over a key's limit: a 429 that leaves a row, with the seconds until there is room."""
+
+    def __init__(self, refusal: Refusal, headers: RawHeaders) -> None:
+        super().__init__(429, refusal.message)
+        self.headers = [(b"retry-after", str(refusal.retry_after).encode()), *headers]
+
+
 class _ClientTooSlow(Exception):
     """The client did not accept a chunk within `server.write_timeout`."""
 
@@ -122,10 +144,12 @@ class _Auth:
     """Who is calling, and what goes upstream as the provider credential."""
 
     key_id: uuid.UUID
+    limits: Limits = NO_LIMITS
     # Set when the gateway supplies the credential: the header it goes in, and its value.
     credential: tuple[bytes, bytes] | None = None
     credential_hash: str | None = None
     proxy_key_id: uuid.UUID | None = None
+    proxy_limits: Limits = NO_LIMITS
     held_secret: bytes | None = None
     # Set when the gateway signs the request itself (Bedrock with held AWS keys).
     aws: AwsKeys | None = None
@@ -172,6 +196,8 @@ class ProxyRequest:
         self.ttfb_ms: int | None = None
         self.response_headers: RawHeaders = []
         self.tee: Tee | None = None
+        self.reservations: list[Reservation] = []
+        self.request: Incoming
 
     async def run(self) -> None:
         try:
@@ -187,7 +213,7 @@ class ProxyRequest:
             return
         metadata, dropped = metadata_from(self.headers)
         self.ctx.metrics.metadata_dropped += dropped
-        request = Incoming(
+        self.request = request = Incoming(
             id=self.id,
             requested_at=self.requested_at,
             method=self.method,
@@ -204,6 +230,13 @@ class ProxyRequest:
             proxy_key_id=auth.proxy_key_id,
             held_secret=auth.held_secret,
         )
+        try:
+            self.reservations = await self._admit(auth, info)
+        except _Reply as reply:
+            await self._refuse(reply)
+            if isinstance(reply, _Limited):  # a refusal the usage report must show
+                self._record(request, self._outcome(_Ending(429, reply.message), None), None)
+            return
         ending: _Ending | None = None
         try:
             ending = await self._forward(request.info, headers, url)
@@ -211,7 +244,67 @@ class ProxyRequest:
             if ending is None:  # forwarding was cancelled from outside (the server stopping)
                 ending = self._cut_short()
             tee = self.tee.close() if self.tee is not None else None
+            self._settle(tee)
             self._record(request, self._outcome(ending, tee), tee)
+
+    # -- limits ------------------------------------------------------------------------------
+
+    async def _admit(self, auth: _Auth, info: RequestInfo) -> list[Reservation]:
+        """Reserve this request under its key's and its proxy key's limits; `_Limited` when
+        over one."""
+        owners = [(auth.key_id, auth.limits, "Majordomo key")]
+        if auth.proxy_key_id is not None:
+            owners.append((auth.proxy_key_id, auth.proxy_limits, "proxy key"))
+        owners = [owner for owner in owners if owner[1].any]
+        if not owners:
+            return []
+        tokens, cost = 0, Decimal(0)
+        if any(o[1].tpm is not None or o[1].budget_usd is not None for o in owners):
+            prompt, output = estimate_tokens(load_json_object(info.body), len(info.body))
+            tokens = prompt + output
+            usage = Usage(input_tokens=prompt, output_tokens=output)
+            cost = self._cost(info.model, usage)
+        try:
+            return await self._reserve_all(owners, tokens, cost)
+        except LimitsExceeded as exc:
+            raise _Limited(exc.refusal, exc.headers) from None
+        except DatabaseUnavailable as exc:
+            raise _Reply(
+                503, f"cannot check this key's limits right now ({exc}); retry in a moment"
+            ) from None
+
+    async def _reserve_all(
+        self, owners: list[tuple[uuid.UUID, Limits, str]], tokens: int, cost: Decimal
+    ) -> list[Reservation]:
+        held: list[Reservation] = []
+        try:
+            for owner_id, limits, subject in owners:
+                held.append(
+                    await self.ctx.limits.admit(
+                        owner_id, limits, tokens, cost, at=self.requested_at, subject=subject
+                    )
+                )
+        except BaseException:  # refused by the second owner: the first gives back
+            for reservation in held:
+                self.ctx.limits.release(reservation)
+            raise
+        return held
+
+    def _cost(self, model: str | None, usage: Usage) -> Decimal:
+        priced = self.ctx.prices.cost(self.provider, model or "unknown", usage, self.requested_at)
+        return Decimal(priced.total_cost)
+
+    def _settle(self, tee: TeeResult | None) -> None:
+        """Pay the exact tokens and cost of what the provider answered (nothing for none)."""
+        if not self.reservations:
+            return
+        usage = tee.usage if tee is not None else None
+        tokens, cost = 0, Decimal(0)
+        if usage is not None:
+            model = (tee.model if tee is not None else None) or self.request.info.model
+            tokens, cost = usage.input_tokens + usage.output_tokens, self._cost(model, usage)
+        for reservation in self.reservations:
+            self.ctx.limits.settle(reservation, tokens, cost)
 
     # -- detect, authenticate, read ----------------------------------------------------------
 
@@ -319,11 +412,12 @@ class ProxyRequest:
             header(self.headers, b"authorization")
         )
         try:
-            key_id = await self.ctx.keys.authenticate(given or None)
+            status = await self.ctx.keys.status(given or None)
+            key_id, limits = status.key_id, status.limits
             if proxy_key is None and in_slot is None and not signed_for_us:
                 own = sent[0].value if sent else None  # the caller's own credential
                 credential = self._moved_credential(own)
-                return _Auth(key_id, credential=credential, credential_hash=hash_of(sent))
+                return _Auth(key_id, limits, credential=credential, credential_hash=hash_of(sent))
             held = (
                 await self.ctx.credentials.for_proxy_key(key_id, proxy_key, self.provider)
                 if proxy_key is not None
@@ -344,11 +438,13 @@ class ProxyRequest:
         module = self.upstream_module
         return _Auth(
             key_id,
+            limits,
             credential=None
             if keys is not None
             else (module.CREDENTIAL_HEADER, module.CREDENTIAL_SCHEME + secret),
             credential_hash=hashlib.sha256(secret).hexdigest(),
             proxy_key_id=held.proxy_key_id,
+            proxy_limits=held.limits,
             held_secret=secret,
             aws=keys,
         )
@@ -461,7 +557,9 @@ class ProxyRequest:
     async def _refuse(self, reply: _Reply) -> None:
         """Answer a request refused before forwarding; it leaves no row, so the access log
         line is written here."""
-        await self._reply(reply.status, reply.message)
+        await self._reply(
+            reply.status, reply.message, reply.headers if isinstance(reply, _Limited) else []
+        )
         if not self.ctx.settings.logging.access_log:
             return
         path = redact.scrub_text(self.path)
@@ -481,7 +579,7 @@ class ProxyRequest:
             },
         )
 
-    async def _reply(self, status: int, message: str) -> None:
+    async def _reply(self, status: int, message: str, extra: RawHeaders | None = None) -> None:
         if self.client_gone:
             return
         body = self.module.error_body(status, message)
@@ -493,6 +591,7 @@ class ProxyRequest:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"x-request-id", str(self.id).encode()),
+                    *(extra or []),
                     *connection_headers(self.headers),
                 ],
             }
@@ -605,6 +704,8 @@ class ProxyRequest:
         overhead_ms = (time.perf_counter() - self.t0) * 1000 - upstream_ms
         headers.append((b"x-request-id", str(self.id).encode()))
         headers.append((b"x-majordomo-overhead-ms", f"{overhead_ms:.2f}".encode()))
+        for reservation in self.reservations:
+            headers += reservation.headers
         # A translated whole answer goes out once translated, its status and length with it.
         held = translator is not None and not translator.streamed
         try:
