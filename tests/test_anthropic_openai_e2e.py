@@ -301,5 +301,6 @@ async def test_the_docs_example_runs(gateway: Gateway, fake: FakeUpstream, pg: P
     await hold(pg, API_KEY, gateway.key_id, "anthropic", "sk-ant-api03-held-for-docs")
     namespace: dict[str, Any] = {"GATEWAY": gateway.url, "MAJORDOMO_KEY": gateway.key}
     await in_thread(exec, block.code, namespace)
+    namespace["client"].close()  # the example leaves it open, as a script may
     assert namespace["answer"] == fake.calls[0].text
     assert fake.calls[0].header("x-api-key") == "sk-ant-api03-held-for-docs"

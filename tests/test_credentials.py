@@ -114,7 +114,8 @@ def call_sdk(provider: str, gw: Gateway, api_key: str, stream: bool, *, header: 
         ) as client:
             return chat_anthropic(client, stream)
     options = genai_types.HttpOptions(base_url=gw.url, headers=headers)
-    return chat_gemini(genai.Client(api_key=api_key, http_options=options), stream)
+    with genai.Client(api_key=api_key, http_options=options) as gemini:
+        return chat_gemini(gemini, stream)
 
 
 PROVIDERS = ["openai", "anthropic", "gemini"]

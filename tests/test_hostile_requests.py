@@ -180,10 +180,10 @@ async def test_anthropic_sdk_model_listing_goes_to_anthropic(
     three: tuple[Gateway, dict[str, FakeUpstream]],
 ) -> None:
     gw, fakes = three
-    client = anthropic.Anthropic(
+    with anthropic.Anthropic(
         base_url=gw.url, api_key="sk-ant-caller", default_headers={"X-Majordomo-Key": gw.key}
-    )
-    page = await trio.to_thread.run_sync(client.models.list)
+    ) as client:
+        page = await trio.to_thread.run_sync(client.models.list)
     assert [m.id for m in page.data] == ["claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"]
     (call,) = fakes["an"].calls
     assert call.path == "/v1/models"
@@ -196,17 +196,17 @@ async def test_gemini_sdk_model_calls_go_to_gemini(
     three: tuple[Gateway, dict[str, FakeUpstream]],
 ) -> None:
     gw, fakes = three
-    client = genai.Client(  # sync, in a thread: its async client wants asyncio
+    with genai.Client(  # sync, in a thread: its async client wants asyncio
         api_key="gemini-caller-key",
         http_options={
             "base_url": gw.url,
             "api_version": "v1",
             "headers": {"X-Majordomo-Key": gw.key},
         },
-    )
-    model = await trio.to_thread.run_sync(lambda: client.models.get(model="gemini-2.5-flash"))
+    ) as client:
+        model = await trio.to_thread.run_sync(lambda: client.models.get(model="gemini-2.5-flash"))
+        await trio.to_thread.run_sync(lambda: list(client.models.list()))
     assert model.name == "models/gemini-2.5-flash"
-    await trio.to_thread.run_sync(lambda: list(client.models.list()))
     assert fakes["ge"].calls[0].path.endswith("/models/gemini-2.5-flash")
     assert all(c.header("x-goog-api-key") == "gemini-caller-key" for c in fakes["ge"].calls)
     assert fakes["oa"].calls == fakes["an"].calls == []
@@ -264,14 +264,16 @@ async def test_base_url_mistakes_get_a_404_naming_the_right_base_url(
     headers = {"X-Majordomo-Key": gateway.key}
     messages: Any = [{"role": "user", "content": "hi"}]
     no_v1 = openai.OpenAI(base_url=gateway.url, api_key="sk-x", default_headers=headers)
-    with pytest.raises(openai.NotFoundError, match=r"lacks /v1.*base_url=http://<gateway>:7680/v1"):
+    lacks = r"lacks /v1.*base_url=http://<gateway>:7680/v1"
+    with no_v1, pytest.raises(openai.NotFoundError, match=lacks):
         await trio.to_thread.run_sync(
             lambda: no_v1.chat.completions.create(model="gpt-4o-mini", messages=messages)
         )
     doubled = anthropic.Anthropic(
         base_url=gateway.url + "/v1", api_key="sk-ant", default_headers=headers
     )
-    with pytest.raises(anthropic.NotFoundError, match=r"/v1/v1/messages repeats its API version"):
+    repeats = r"/v1/v1/messages repeats its API version"
+    with doubled, pytest.raises(anthropic.NotFoundError, match=repeats):
         await trio.to_thread.run_sync(
             lambda: doubled.messages.create(model="claude-x", max_tokens=5, messages=messages)
         )
@@ -279,7 +281,8 @@ async def test_base_url_mistakes_get_a_404_naming_the_right_base_url(
         api_key="g",
         http_options={"base_url": gateway.url + "/v1beta", "api_version": "v1", "headers": headers},
     )
-    with pytest.raises(genai.errors.ClientError, match=r"repeats its API version.*no /v1beta"):
+    repeats = r"repeats its API version.*no /v1beta"
+    with gemini, pytest.raises(genai.errors.ClientError, match=repeats):
         await trio.to_thread.run_sync(
             lambda: gemini.models.generate_content(model="gemini-2.5-flash", contents="hi")
         )
@@ -305,7 +308,8 @@ async def test_gemini_openai_compatible_streams_log_their_usage(
             )
         )
 
-    chunks = await trio.to_thread.run_sync(stream)
+    with client:
+        chunks = await trio.to_thread.run_sync(stream)
     assert all(chunk.usage is None for chunk in chunks)  # the client did not ask for it
     (call,) = fake.calls
     assert call.path == "/v1beta/openai/chat/completions"

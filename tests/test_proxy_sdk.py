@@ -308,20 +308,20 @@ async def test_gemini_generate_content(
     gateway: Gateway, fake: FakeUpstream, stream: bool, api_version: str
 ) -> None:
     def run() -> str:
-        client = gemini_client(gateway, api_version)
-        if not stream:
-            return (
-                client.models.generate_content(
+        with gemini_client(gateway, api_version) as client:
+            if not stream:
+                return (
+                    client.models.generate_content(
+                        model="gemini-2.5-flash", contents="Capital of France?"
+                    ).text
+                    or ""
+                )
+            return "".join(
+                chunk.text or ""
+                for chunk in client.models.generate_content_stream(
                     model="gemini-2.5-flash", contents="Capital of France?"
-                ).text
-                or ""
+                )
             )
-        return "".join(
-            chunk.text or ""
-            for chunk in client.models.generate_content_stream(
-                model="gemini-2.5-flash", contents="Capital of France?"
-            )
-        )
 
     text = await in_thread(run)
     call = only_call(fake)
@@ -344,11 +344,10 @@ async def test_gemini_generate_content(
 
 async def test_gemini_count_tokens_and_embed(gateway: Gateway, fake: FakeUpstream) -> None:
     def run() -> int:
-        client = gemini_client(gateway)
-        client.models.embed_content(model="text-embedding-004", contents="hello")
-        return (
-            client.models.count_tokens(model="gemini-2.5-flash", contents="hello").total_tokens or 0
-        )
+        with gemini_client(gateway) as client:
+            client.models.embed_content(model="text-embedding-004", contents="hello")
+            counted = client.models.count_tokens(model="gemini-2.5-flash", contents="hello")
+            return counted.total_tokens or 0
 
     total = await in_thread(run)
     embed, count = await gateway.rows(2)
@@ -388,25 +387,22 @@ async def test_gemini_json_array_stream_with_key_in_query(
 async def test_each_sdk_raises_its_own_error_for_a_missing_key(gateway: Gateway) -> None:
     def run() -> list[tuple[type[Exception], str]]:
         seen: list[tuple[type[Exception], str]] = []
-        bare = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-test", max_retries=0)
-        try:
-            bare.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-        except openai.AuthenticationError as exc:
-            seen.append((type(exc), exc.message))
-        try:
-            anthropic.Anthropic(
-                base_url=gateway.url, api_key="sk-ant", max_retries=0
-            ).messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
-        except anthropic.AuthenticationError as exc:
-            seen.append((type(exc), exc.message))
-        gemini = genai.Client(  # kept in a name: a collected Client closes its connection
-            api_key="AIza",
-            http_options=genai_types.HttpOptions(base_url=gateway.url, api_version="v1beta"),
-        )
-        try:
-            gemini.models.generate_content(model="gemini-2.5-flash", contents="x")
-        except genai.errors.ClientError as exc:
-            seen.append((type(exc), exc.message or ""))
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-test", max_retries=0) as bare:
+            try:
+                bare.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            except openai.AuthenticationError as exc:
+                seen.append((type(exc), exc.message))
+        with anthropic.Anthropic(base_url=gateway.url, api_key="sk-ant", max_retries=0) as claude:
+            try:
+                claude.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
+            except anthropic.AuthenticationError as exc:
+                seen.append((type(exc), exc.message))
+        options = genai_types.HttpOptions(base_url=gateway.url, api_version="v1beta")
+        with genai.Client(api_key="AIza", http_options=options) as gemini:
+            try:
+                gemini.models.generate_content(model="gemini-2.5-flash", contents="x")
+            except genai.errors.ClientError as exc:
+                seen.append((type(exc), exc.message or ""))
         return seen
 
     seen = await in_thread(run)
@@ -423,13 +419,14 @@ async def test_provider_errors_pass_through_untouched_and_are_logged(
     gateway: Gateway, fake: FakeUpstream
 ) -> None:
     def run() -> str:
-        client = openai_client(gateway).with_options(
-            default_headers={**gateway_headers(gateway), "X-Fake-Status": "429"}
-        )
-        try:
-            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-        except openai.RateLimitError as exc:
-            return exc.message
+        with openai_client(gateway) as base:
+            client = base.with_options(
+                default_headers={**gateway_headers(gateway), "X-Fake-Status": "429"}
+            )
+            try:
+                client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            except openai.RateLimitError as exc:
+                return exc.message
         raise AssertionError("expected a RateLimitError")
 
     message = await in_thread(run)
